@@ -1,0 +1,198 @@
+"""The `meshrun` command: parses flags, calls into the package, prints. No business logic lives here."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+
+from meshrun.config import MeshConfig, load_config
+from meshrun.errors import MeshrunError
+from meshrun.logs import configure_logging
+from meshrun.registry import load_services, select
+
+T = TypeVar("T")
+
+
+def _names(value: str | None) -> list[str]:
+    return [n.strip() for n in (value or "").split(",") if n.strip()]
+
+
+def _load(config_path: str, transport: str | None) -> MeshConfig:
+    config = load_config(config_path)
+    return config.with_transport(transport) if transport else config
+
+
+def run_loop(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on uvloop when it is installed (MESHRUN_UVLOOP=0 opts out), else on asyncio's loop."""
+    if os.environ.get("MESHRUN_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            return uvloop.run(main())
+        except ImportError:
+            pass
+    return asyncio.run(main())
+
+
+def fail(error: Exception) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+config_option = click.option("--config", "config_path", envvar="MESHRUN_CONFIG", default="services.toml",
+                              show_default=True, help="services.toml to read (env MESHRUN_CONFIG).")
+transport_option = click.option("--transport", type=click.Choice(["memory", "kafka"]), default=None,
+                                help="Override mesh.transport from the file.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meshrun")
+def main() -> None:
+    """meshrun: run event-driven services from one services.toml, in memory or on Kafka."""
+
+
+@main.command()
+@config_option
+@transport_option
+@click.option("--only", help="Comma-separated services to run (default: all).")
+@click.option("--except", "exclude", help="Comma-separated services not to run.")
+@click.option("--log-format", type=click.Choice(["console", "json"]), envvar="MESHRUN_LOG_FORMAT", default=None,
+              help="console (default) or json, one object per line (env MESHRUN_LOG_FORMAT).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--ready-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for every service to report ready.")
+def up(config_path: str, transport: str | None, only: str | None, exclude: str | None, log_format: str | None,
+       log_level: str | None, ready_timeout: float) -> None:
+    """Start the services of services.toml and run until Ctrl-C or SIGTERM."""
+    from meshrun.runtime import Mesh
+
+    try:
+        config = _load(config_path, transport)
+        names = select(config, _names(only), _names(exclude))
+    except MeshrunError as exc:
+        fail(exc)
+    configure_logging(log_format or config.log_format, log_level or config.log_level)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        mesh = Mesh(config, names)
+        if config.transport == "memory" and len(names) < len(config.services):
+            mesh.log.warning("memory_transport_is_per_process",
+                             hint="events do not cross processes; use --transport kafka to split a mesh")
+        await mesh.run(stop, ready_timeout)
+
+    try:
+        run_loop(serve)
+    except (MeshrunError, TimeoutError) as exc:
+        fail(exc)
+
+
+@main.command()
+@config_option
+@transport_option
+@click.option("--only", help="Comma-separated services to check (default: all).")
+@click.option("--except", "exclude", help="Comma-separated services to leave out.")
+def check(config_path: str, transport: str | None, only: str | None, exclude: str | None) -> None:
+    """Validate services.toml and print what would run."""
+    try:
+        config = _load(config_path, transport)
+        loaded = load_services(config, select(config, _names(only), _names(exclude)))
+    except MeshrunError as exc:
+        fail(exc)
+    click.echo(f"{config.file}: ok, transport {config.transport}")
+    for ls in loaded:
+        parts = [f"{ls.name:<13}"]
+        parts.append(f"port {ls.config.port}" if ls.config.port is not None else "no http")
+        if ls.service.subscribers:
+            parts.append(f"group {ls.config.group} x{ls.config.replicas} <- {', '.join(ls.topics)}")
+        if ls.service.publishes:
+            parts.append(f"-> {', '.join(sorted(ls.service.publishes))}")
+        click.echo("  " + ", ".join(parts))
+    for topic in config.topics.values():
+        click.echo(f"  topic {topic.name}: {topic.partitions} partition(s), replication {topic.replication_factor}")
+
+
+def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> T:
+    from meshrun.transport import create_transport
+
+    async def go() -> T:
+        transport = create_transport(config)
+        await transport.start()
+        try:
+            return await work(transport)
+        finally:
+            await transport.stop()
+
+    return asyncio.run(go())
+
+
+@main.command()
+@config_option
+@transport_option
+def topics(config_path: str, transport: str | None) -> None:
+    """List topics, partitions and each consumer group's lag."""
+    try:
+        config = _load(config_path, transport)
+        if config.transport == "memory":
+            raise MeshrunError("the in-memory transport lives inside a running `meshrun up`: its topics are shown "
+                               "by GET /mesh/topics on any service port; use --transport kafka for a cluster")
+        infos = _with_transport(config, lambda t: t.describe())
+    except MeshrunError as exc:
+        fail(exc)
+    for info in infos:
+        click.echo(f"{info.name}  ({info.partitions} partitions)")
+        for group, lags in sorted(info.groups.items()):
+            total = sum(p.lag for p in lags)
+            detail = " ".join(f"p{p.partition}:{p.committed if p.committed is not None else '-'}/{p.log_end}"
+                              for p in lags)
+            click.echo(f"  {group:<22} lag {total:<8} {detail}")
+
+
+@main.command()
+@config_option
+@transport_option
+@click.option("--group", required=True, help="Consumer group to move.")
+@click.option("--topic", required=True)
+@click.option("--to", "target", required=True, help="earliest, latest or an ISO timestamp (2026-01-31T12:00:00Z).")
+def replay(config_path: str, transport: str | None, group: str, topic: str, target: str) -> None:
+    """Reset a consumer group's offsets so it re-reads a topic (refused while the group has live members)."""
+    to: Any = target
+    if target not in ("earliest", "latest"):
+        try:
+            to = datetime.fromisoformat(target.replace("Z", "+00:00"))
+        except ValueError:
+            fail(MeshrunError(f"--to: {target!r} is not earliest, latest or an ISO timestamp"))
+    try:
+        config = _load(config_path, transport)
+        if config.transport == "memory":
+            raise MeshrunError("the in-memory transport lives inside a running `meshrun up`: replay it with "
+                               "POST /mesh/replay on any service port; use --transport kafka for a cluster")
+        offsets = _with_transport(config, lambda t: t.reset_offsets(group, topic, to))
+    except MeshrunError as exc:
+        fail(exc)
+    for partition, offset in sorted(offsets.items()):
+        click.echo(f"{group} {topic}[{partition}] -> offset {offset}")
+
+
+def _register_optional_commands() -> None:
+    """Commands of other packages (auth, bench) are added when they are importable."""
+    import importlib
+    import importlib.util
+
+    for module_name in ("meshrun.auth.cli", "meshrun.bench.cli"):
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        for command in module.commands:
+            main.add_command(command)
+
+
+_register_optional_commands()

@@ -1,0 +1,56 @@
+"""Errors a meshrun user can hit, each with a message that says what to do.
+
+Tracebacks are for meshrun's own bugs; everything raised from here is caught by the CLI and printed plainly.
+"""
+from __future__ import annotations
+
+
+class MeshrunError(Exception):
+    """Base class of every error meant to be shown to a user without a traceback."""
+
+
+class ConfigError(MeshrunError):
+    """services.toml (or a file it names) is invalid; holds every problem found, each naming file and key."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{file}: {len(problems)} problem(s)\n{lines}")
+
+
+class PortInUse(MeshrunError):
+    def __init__(self, service: str, host: str, port: int) -> None:
+        super().__init__(
+            f"service {service!r} cannot listen on {host}:{port}: the port is already in use "
+            f"(is another meshrun running? change services.{service}.port or stop the other process)"
+        )
+
+
+class UnknownTopic(MeshrunError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"unknown topic {topic!r}: declare it under [topics.{topic}] in services.toml")
+
+
+class TransportStateError(MeshrunError):
+    """A transport was used in the wrong lifecycle state (e.g. publish before start)."""
+
+
+class GroupHasLiveMembers(MeshrunError):
+    def __init__(self, group: str, members: int) -> None:
+        super().__init__(
+            f"consumer group {group!r} has {members} live member(s): stop the services of that group "
+            "before resetting its offsets"
+        )
+
+
+class Backpressure(MeshrunError):
+    """A publish waited too long for slow consumers to make room in a bounded in-memory partition."""
+
+
+class SettingsError(MeshrunError):
+    """A service's own [services.NAME.settings] table is invalid; each problem names its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))

@@ -1,0 +1,118 @@
+"""The event envelope and the event types of the mesh: frozen dataclasses, encoded once to JSON.
+
+Envelope: {"event_id", "type", "version", "occurred_at", "trace_id", "payload": {...}}. Not a schema registry:
+a decoder rejects a type or version it does not know, clearly, and the record goes to the dead-letter topic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timezone
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+
+E = TypeVar("E", bound="Event")
+CONTENT_TYPE = b"application/json"
+
+
+class EventDecodeError(ValueError):
+    """A record's value is not an event this version of meshrun understands."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event: the envelope fields. Subclasses add payload fields and set TYPE and VERSION."""
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    event_id: str = dataclasses.field(default_factory=new_id)
+    occurred_at: str = dataclasses.field(default_factory=now_iso)
+    trace_id: str = dataclasses.field(default_factory=new_id)
+
+    def payload(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in _ENVELOPE}
+
+    @classmethod
+    def from_payload(cls: type[E], payload: dict[str, Any], **envelope: Any) -> E:
+        """Build the event from a decoded payload; subclasses with nested values override this."""
+        return cls(**payload, **envelope)
+
+
+_ENVELOPE = frozenset({"event_id", "occurred_at", "trace_id"})
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def register(cls: type[E]) -> type[E]:
+    """Class decorator: make an event type known to `decode`."""
+    EVENT_TYPES[cls.TYPE] = cls
+    return cls
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(event: Event) -> bytes:
+    return orjson.dumps({
+        "event_id": event.event_id,
+        "type": event.TYPE,
+        "version": event.VERSION,
+        "occurred_at": event.occurred_at,
+        "trace_id": event.trace_id,
+        "payload": event.payload(),
+    })
+
+
+def transport_headers(event: Event) -> tuple[tuple[str, bytes], ...]:
+    """Headers that let a consumer route and trace a record without decoding its value."""
+    return (
+        ("meshrun-event-type", event.TYPE.encode()),
+        ("meshrun-event-id", event.event_id.encode()),
+        ("meshrun-trace-id", event.trace_id.encode()),
+        ("content-type", CONTENT_TYPE),
+    )
+
+
+def decode(value: bytes, expected: type[E] | None = None) -> Event:
+    """Decode one record value; raises EventDecodeError naming what is wrong."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventDecodeError("not a JSON object")
+    missing = [k for k in ("event_id", "type", "version", "occurred_at", "trace_id", "payload") if k not in data]
+    if missing:
+        raise EventDecodeError(f"envelope is missing {', '.join(missing)}")
+    type_name = data["type"]
+    cls = EVENT_TYPES.get(type_name) if expected is None or expected.TYPE != type_name else expected
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {type_name!r}")
+    if expected is not None and cls is not expected:
+        raise EventDecodeError(f"expected {expected.TYPE!r}, got {type_name!r}")
+    if data["version"] != cls.VERSION:
+        raise EventDecodeError(
+            f"{type_name!r} version {data['version']!r} is not supported (this build reads version {cls.VERSION})"
+        )
+    payload = data["payload"]
+    if not isinstance(payload, dict):
+        raise EventDecodeError("payload is not a JSON object")
+    try:
+        return cls.from_payload(payload, event_id=str(data["event_id"]), occurred_at=str(data["occurred_at"]),
+                                trace_id=str(data["trace_id"]))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise EventDecodeError(f"{type_name!r} payload is invalid: {exc}") from None

@@ -1,0 +1,211 @@
+"""The Mesh: starts the chosen services on one asyncio loop, reports readiness, and stops them gracefully.
+
+Shutdown order, written once: stop accepting HTTP and drain requests, stop consuming (in-flight handlers finish,
+offsets are committed), run stop hooks, stop the transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from meshrun.config import MeshConfig, TopicConfig
+from meshrun.context import EventContext, ServiceContext
+from meshrun.errors import PortInUse
+from meshrun.events import EventDecodeError, decode
+from meshrun.http.server import create_app
+from meshrun.logs import service_logger
+from meshrun.registry import LoadedService, load_services
+from meshrun.service import Subscriber
+from meshrun.transport import create_transport
+from meshrun.transport.base import Handler, Record, Subscription, SubscriptionState, Transport
+from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
+
+
+def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext) -> Handler:
+    """Adapt a service's handler to the transport: decode once, bind the log context, pass an EventContext."""
+    handler = subscriber.handler
+    event_type = subscriber.event
+    base_log = ctx.log
+
+    async def handle(record: Record) -> None:
+        if event_type is None:
+            event_id = record.header("meshrun-event-id")
+            trace_id = record.header("meshrun-trace-id")
+            log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
+                                event_id=event_id.decode() if event_id else None,
+                                trace_id=trace_id.decode() if trace_id else None)
+            await handler(record, EventContext(ctx, record, log))
+            return
+        try:
+            event = decode(record.value, event_type)
+        except EventDecodeError as exc:
+            raise PoisonEvent(str(exc)) from None
+        log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
+                            event_id=event.event_id, trace_id=event.trace_id)
+        await handler(event, EventContext(ctx, record, log))
+
+    return handle
+
+
+@dataclass
+class RunningService:
+    loaded: LoadedService
+    ctx: ServiceContext
+    runner: web.AppRunner | None = None
+    port: int | None = None
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+    async def problems(self) -> list[str]:
+        found = [f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
+                 if s.state is not SubscriptionState.ASSIGNED]
+        for check in self.loaded.service.ready_checks:
+            try:
+                problem = await check(self.ctx)
+            except Exception as exc:  # a failing check means not ready, not a crash
+                problem = f"{check.__name__}: {type(exc).__name__}: {exc}"
+            if problem:
+                found.append(problem)
+        return found
+
+
+class Mesh:
+    """The services of one process, sharing one transport and one event loop."""
+
+    def __init__(self, config: MeshConfig, names: list[str] | None = None,
+                 transport: Transport | None = None) -> None:
+        self.config = config
+        self.names = names if names is not None else list(config.services)
+        self.transport = transport or create_transport(config)
+        self.services: dict[str, RunningService] = {}
+        self.log = service_logger("mesh")
+        self.started_at = 0.0
+        self._transport_started = False
+
+    def port_of(self, name: str) -> int:
+        port = self.services[name].port
+        if port is None:
+            raise KeyError(f"service {name!r} has no HTTP port")
+        return port
+
+    def topics_needed(self, loaded: list[LoadedService]) -> list[TopicConfig]:
+        needed: dict[str, TopicConfig] = {}
+        for ls in loaded:
+            for topic in ls.topics + sorted(ls.service.publishes):
+                needed[topic] = self.config.topics[topic]
+            for topic in ls.topics:
+                if ls.config.retry.dead_letter:
+                    source = self.config.topics[topic]
+                    dlq = dead_letter_topic(topic)
+                    needed[dlq] = self.config.topics.get(dlq) or TopicConfig(dlq, source.partitions,
+                                                                             source.replication_factor)
+        return list(needed.values())
+
+    async def start(self) -> None:
+        """Start the transport, then every service: HTTP first (others depend on it), then its consumers."""
+        self.started_at = time.perf_counter()
+        loaded = load_services(self.config, self.names)
+        await self.transport.start()
+        self._transport_started = True
+        await self.transport.ensure_topics(self.topics_needed(loaded))
+        try:
+            for ls in loaded:
+                ctx = ServiceContext(ls.config, self.config, ls.settings, service_logger(ls.name), self.transport)
+                running = self.services[ls.name] = RunningService(ls, ctx)
+                if any(r.authenticated for r in ls.service.routes):
+                    from meshrun.auth.guard import BearerGuard
+
+                    ctx.guard = BearerGuard(issuer=ctx.issuer, audience=ls.config.audience or ls.name,
+                                            session=lambda ctx=ctx: ctx.http)
+                for hook in ls.service.on_start:
+                    await hook(ctx)
+                if ls.config.port is not None:
+                    await self._start_http(running)
+            for running in self.services.values():
+                await self._start_consumers(running)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_http(self, running: RunningService) -> None:
+        ls = running.loaded
+        app = create_app(ls.service, running.ctx, running.problems)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.grace_period,
+                               handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, ls.config.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(ls.name, self.config.host, ls.config.port or 0) from None
+            raise
+        running.runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        running.port = sockets[0].getsockname()[1] if sockets else ls.config.port
+
+    async def _start_consumers(self, running: RunningService) -> None:
+        ls = running.loaded
+        for subscriber in ls.service.subscribers:
+            handler = event_handler(subscriber, running.ctx)
+            for replica in range(ls.config.replicas):
+                sub = await self.transport.subscribe(
+                    subscriber.topic, ls.config.group or ls.name, handler, retry=ls.config.retry,
+                    start_from=ls.config.start_from,  # type: ignore[arg-type]
+                    member=f"{ls.name}-{replica + 1}",
+                )
+                running.subscriptions.append(sub)
+
+    async def wait_ready(self, timeout: float = 60.0) -> float:
+        """Wait until every service reports ready; returns seconds since start. Raises TimeoutError naming why."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            problems = {name: await rs.problems() for name, rs in self.services.items()}
+            problems = {n: p for n, p in problems.items() if p}
+            if not problems:
+                return time.perf_counter() - self.started_at
+            if time.monotonic() > deadline:
+                detail = "; ".join(f"{n}: {', '.join(p)}" for n, p in problems.items())
+                raise TimeoutError(f"mesh not ready after {timeout:.0f}s: {detail}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def stop(self) -> None:
+        grace = self.config.grace_period
+        runners = [rs.runner for rs in self.services.values() if rs.runner is not None]
+        await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+        await asyncio.gather(*(sub.stop(grace) for rs in self.services.values() for sub in rs.subscriptions),
+                             return_exceptions=True)
+        for rs in self.services.values():
+            rs.runner = None
+            for hook in rs.loaded.service.on_stop:
+                try:
+                    await hook(rs.ctx)
+                except Exception:
+                    rs.ctx.log.exception("stop_hook_failed", hook=hook.__name__)
+            if rs.ctx.guard is not None:
+                await rs.ctx.guard.close()
+            await rs.ctx.close()
+        if self._transport_started:
+            self._transport_started = False
+            await self.transport.stop()
+
+    async def run(self, stop: asyncio.Event, ready_timeout: float = 60.0) -> None:
+        """Start, report readiness, wait for `stop` (set by a signal), then shut down gracefully."""
+        await self.start()
+        try:
+            elapsed = await self.wait_ready(ready_timeout)
+            self.log.info("mesh_ready", seconds=round(elapsed, 3), services=list(self.services),
+                          transport=self.transport.name)
+            await stop.wait()
+            self.log.info("mesh_stopping")
+        finally:
+            await self.stop()
+        self.log.info("mesh_stopped")

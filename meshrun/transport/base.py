@@ -1,0 +1,145 @@
+"""The Transport interface: what every transport (in-memory, Kafka) must do, and nothing about how.
+
+Services only ever talk to this interface. It leaves out serialisation (values are bytes; `meshrun.events`
+encodes them) and retries (`meshrun.transport.delivery` applies one retry policy to every transport).
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Awaitable, Callable, Literal, Sequence
+
+from meshrun.config import RetryConfig, TopicConfig
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One event as stored in a partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where a published record landed, once the transport has made it durable."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+Handler = Callable[[Record], Awaitable[None]]
+StartFrom = Literal["earliest", "latest"]
+ResetTarget = Literal["earliest", "latest"] | datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    partition: int
+    log_start: int
+    log_end: int
+    committed: int | None
+
+    @property
+    def lag(self) -> int:
+        start = self.committed if self.committed is not None else self.log_start
+        return max(0, self.log_end - start)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    groups: dict[str, list[PartitionLag]] = field(default_factory=dict)
+
+
+class SubscriptionState(enum.Enum):
+    """JOINING -> ASSIGNED (has joined its group, may own no partition) -> STOPPING -> STOPPED."""
+
+    JOINING = "joining"
+    ASSIGNED = "assigned"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Subscription(abc.ABC):
+    """One member of a consumer group, feeding one topic's records to one handler."""
+
+    topic: str
+    group: str
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> SubscriptionState: ...
+
+    @property
+    @abc.abstractmethod
+    def assigned_partitions(self) -> frozenset[int]: ...
+
+    @abc.abstractmethod
+    async def wait_joined(self, timeout: float | None = None) -> None:
+        """Return once the member has joined its group and received an assignment (possibly empty)."""
+
+    @abc.abstractmethod
+    async def stop(self, grace_period: float) -> None:
+        """Stop fetching, let the in-flight handler finish (up to grace_period), commit, and leave the group."""
+
+
+class Transport(abc.ABC):
+    """Moves records between services: topics of partitions, consumer groups, committed offsets."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ensure_topics(self, topics: Sequence[TopicConfig]) -> None:
+        """Create the topics that do not exist; check the partition count of those that do."""
+
+    @abc.abstractmethod
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> RecordMetadata:
+        """Append one record; returns once it is durable (Kafka: acknowledged by all in-sync replicas)."""
+
+    @abc.abstractmethod
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        handler: Handler,
+        *,
+        retry: RetryConfig,
+        start_from: StartFrom = "earliest",
+        member: str = "",
+    ) -> Subscription:
+        """Join `group` as a new member handling `topic`; records of one partition are handled in order,
+        and an offset is committed only after its handler succeeded (or its record was dead-lettered)."""
+
+    @abc.abstractmethod
+    async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
+        """Topics, their partitions, and each group's committed offsets and lag."""
+
+    @abc.abstractmethod
+    async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
+        """Move a group's committed offsets (replay); refuses while the group has live members."""

@@ -1,0 +1,124 @@
+"""One retry policy for every transport: retry a failing handler with backoff, then dead-letter.
+
+Not a consumer loop: each transport fetches and commits its own way and calls `deliver` once per record.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import structlog
+
+from meshrun.config import RetryConfig
+from meshrun.transport.base import Handler, Headers, Record
+
+log = structlog.get_logger("meshrun.delivery")
+
+DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
+
+
+class RetryLater(Exception):
+    """Raised by a handler for a transient failure (a dependency is down): retried without limit, never
+    dead-lettered, so the event waits until the dependency is back."""
+
+
+class PoisonEvent(Exception):
+    """Raised for a record that can never be handled (it cannot be decoded): dead-lettered at once."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def dead_letter_headers(record: Record, group: str, error: BaseException, attempts: int) -> Headers:
+    reason = f"{type(error).__name__}: {error}"[:1000]
+    return record.headers + (
+        ("meshrun-dlq-group", group.encode()),
+        ("meshrun-dlq-error", reason.encode()),
+        ("meshrun-dlq-attempts", str(attempts).encode()),
+        ("meshrun-dlq-topic", record.topic.encode()),
+        ("meshrun-dlq-partition", str(record.partition).encode()),
+        ("meshrun-dlq-offset", str(record.offset).encode()),
+    )
+
+
+async def _wait_or_stop(stopping: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` seconds; True if a stop was requested meanwhile."""
+    if stopping.is_set():
+        return True
+    try:
+        await asyncio.wait_for(stopping.wait(), delay)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def deliver(
+    record: Record,
+    handler: Handler,
+    *,
+    group: str,
+    retry: RetryConfig,
+    dead_letter: DeadLetter,
+    stopping: asyncio.Event,
+) -> bool:
+    """Hand `record` to `handler` until it succeeds or is dead-lettered.
+
+    Returns True when the record is done and its offset may be committed; False when a stop was requested
+    before it was done (the offset stays uncommitted, so the record is redelivered later).
+    """
+    try:
+        await handler(record)
+        return True
+    except asyncio.CancelledError:
+        raise
+    except BaseException as first_error:  # noqa: BLE001 - every handler failure is retried or dead-lettered
+        error: BaseException = first_error
+    attempts = 1
+    transient = 0
+    delay = retry.backoff_initial
+    while True:
+        where = dict(topic=record.topic, partition=record.partition, offset=record.offset, group=group)
+        if isinstance(error, PoisonEvent) or (
+            not isinstance(error, RetryLater) and attempts >= retry.max_attempts
+        ):
+            if not retry.dead_letter:
+                log.error("handler_failed_no_dead_letter", error=repr(error), attempts=attempts, **where)
+            else:
+                target = dead_letter_topic(record.topic)
+                headers = dead_letter_headers(record, group, error, attempts)
+                while True:
+                    try:
+                        await dead_letter(target, record, headers)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # the dead-letter topic itself is unreachable: keep the record
+                        log.warning("dead_letter_publish_failed", error=repr(exc), **where)
+                        if await _wait_or_stop(stopping, retry.backoff_max):
+                            return False
+                log.error("event_dead_lettered", dead_letter_topic=target, error=repr(error), attempts=attempts,
+                          **where)
+                return True
+            # Without a dead-letter topic the record is retried forever rather than dropped.
+        if isinstance(error, RetryLater):
+            transient += 1
+            if transient == 1 or transient % 20 == 0:
+                log.warning("handler_waiting_for_dependency", error=str(error), retries=transient, **where)
+        else:
+            log.warning("handler_failed_will_retry", error=repr(error), attempt=attempts,
+                        max_attempts=retry.max_attempts, **where)
+        if await _wait_or_stop(stopping, delay):
+            return False
+        delay = min(delay * 2, retry.backoff_max)
+        try:
+            await handler(record)
+            if transient:
+                log.info("handler_recovered", retries=transient + attempts - 1, **where)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            error = exc
+            if not isinstance(exc, RetryLater):
+                attempts += 1

@@ -1,0 +1,351 @@
+"""The in-memory transport: Kafka's semantics (partitions, consumer groups, offsets, replay) inside one process.
+
+It is the embedded default, not a test double. It does not cross processes and keeps nothing across restarts:
+split a mesh over several processes with the Kafka transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from datetime import datetime
+from typing import Sequence
+
+import structlog
+from aiokafka.partitioner import murmur2
+
+from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
+from meshrun.errors import Backpressure, GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.transport.base import (
+    Handler,
+    Headers,
+    PartitionLag,
+    Record,
+    RecordMetadata,
+    ResetTarget,
+    StartFrom,
+    Subscription,
+    SubscriptionState,
+    TopicInfo,
+    Transport,
+)
+from meshrun.transport.delivery import deliver
+
+log = structlog.get_logger("meshrun.transport.memory")
+
+
+def partition_for(key: bytes | None, partitions: int, counter: "itertools.count[int]") -> int:
+    """Kafka's default partitioner (murmur2 of the key), so a key lands on the same partition on both transports."""
+    if key is None:
+        return next(counter) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class _Partition:
+    __slots__ = ("topic", "index", "records", "log_start", "next_offset", "waiters", "space_waiters", "warned_at")
+
+    def __init__(self, topic: str, index: int) -> None:
+        self.topic = topic
+        self.index = index
+        self.records: deque[Record] = deque()
+        self.log_start = 0
+        self.next_offset = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.space_waiters: list[asyncio.Future[None]] = []
+        self.warned_at = 0.0
+
+    def wake(self, waiters: list[asyncio.Future[None]]) -> None:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        waiters.clear()
+
+    async def wait(self, waiters: list[asyncio.Future[None]], stop: asyncio.Event | None = None) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        await fut
+
+
+class _Topic:
+    def __init__(self, config: TopicConfig) -> None:
+        self.config = config
+        self.partitions = [_Partition(config.name, i) for i in range(config.partitions)]
+        self.counter = itertools.count()
+
+
+class _Group:
+    """Committed offsets of one consumer group, and its live members per topic."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.committed: dict[tuple[str, int], int] = {}
+        self.members: dict[str, list[MemorySubscription]] = {}
+        self.lock = asyncio.Lock()
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, transport: "InMemoryTransport", topic: _Topic, group: _Group, handler: Handler,
+                 retry: RetryConfig, start_from: StartFrom, member: str) -> None:
+        self.transport = transport
+        self._topic = topic
+        self._group = group
+        self.topic = topic.config.name
+        self.group = group.name
+        self.member = member
+        self.handler = handler
+        self.retry = retry
+        self.start_from = start_from
+        self._state = SubscriptionState.JOINING
+        self._joined = asyncio.Event()
+        self._tasks: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+
+    @property
+    def state(self) -> SubscriptionState:
+        return self._state
+
+    @property
+    def assigned_partitions(self) -> frozenset[int]:
+        return frozenset(self._tasks)
+
+    async def wait_joined(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._joined.wait(), timeout)
+
+    async def stop(self, grace_period: float) -> None:
+        if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
+            return
+        self._state = SubscriptionState.STOPPING
+        async with self._group.lock:
+            await self._revoke(set(self._tasks), grace_period)
+            self._group.members[self.topic].remove(self)
+            await self.transport._rebalance(self._group, self._topic)
+        self._state = SubscriptionState.STOPPED
+
+    async def _revoke(self, partitions: set[int], grace_period: float) -> None:
+        """Let the handler of each revoked partition finish its current record, then stop that partition."""
+        stopping = [self._tasks.pop(p) for p in partitions]
+        for _, stop in stopping:
+            stop.set()
+        for part in (self._topic.partitions[p] for p in partitions):
+            part.wake(part.waiters)
+        tasks = [task for task, _ in stopping]
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=grace_period)
+        for task in pending:
+            log.warning("handler_cancelled_after_grace_period", topic=self.topic, group=self.group,
+                        grace_period=grace_period)
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    def _assign(self, partition: int) -> None:
+        part = self._topic.partitions[partition]
+        key = (self.topic, partition)
+        committed = self._group.committed
+        if key not in committed:
+            # A new group starts where it was told to; from then on its committed offset pins retention.
+            committed[key] = part.log_start if self.start_from == "earliest" else part.next_offset
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._consume(part, stop), name=f"{self.group}:{self.topic}[{partition}]")
+        self._tasks[partition] = (task, stop)
+
+    async def _consume(self, part: _Partition, stop: asyncio.Event) -> None:
+        """Deliver one partition's records in order; commit each offset once its handler is done."""
+        committed = self._group.committed
+        key = (self.topic, part.index)
+        handler = self.handler
+        while not stop.is_set():
+            position = committed[key]
+            if position < part.log_start:
+                log.error("events_skipped_by_retention", topic=self.topic, partition=part.index, group=self.group,
+                          skipped=part.log_start - position)
+                position = committed[key] = part.log_start
+            if position >= part.next_offset:
+                await part.wait(part.waiters)
+                continue
+            record = part.records[position - part.log_start]
+            done = await deliver(record, handler, group=self.group, retry=self.retry,
+                                 dead_letter=self.transport._dead_letter, stopping=stop)
+            if not done:
+                return
+            # A replay may have moved the offset while the handler ran; only advance from where we read.
+            if committed[key] == position:
+                committed[key] = position + 1
+            if part.space_waiters:
+                part.wake(part.space_waiters)
+
+
+class InMemoryTransport(Transport):
+    """Topics, partitions and consumer groups in this process's memory, bounded by `retention` per partition."""
+
+    name = "memory"
+
+    def __init__(self, config: MemoryTransportConfig | None = None) -> None:
+        self.config = config or MemoryTransportConfig()
+        self._topics: dict[str, _Topic] = {}
+        self._groups: dict[str, _Group] = {}
+        self._started = False
+        self._member_ids = itertools.count(1)
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        for group in self._groups.values():
+            for members in list(group.members.values()):
+                for member in list(members):
+                    await member.stop(0.0)
+        self._started = False
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise TransportStateError("the in-memory transport is not started: call `await transport.start()` first")
+
+    async def ensure_topics(self, topics: Sequence[TopicConfig]) -> None:
+        for topic in topics:
+            existing = self._topics.get(topic.name)
+            if existing is None:
+                self._topics[topic.name] = _Topic(topic)
+            elif existing.config.partitions != topic.partitions:
+                raise TransportStateError(
+                    f"topic {topic.name!r} exists with {existing.config.partitions} partitions, "
+                    f"configured with {topic.partitions}"
+                )
+
+    def _topic(self, name: str) -> _Topic:
+        try:
+            return self._topics[name]
+        except KeyError:
+            raise UnknownTopic(name) from None
+
+    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Headers = ()) -> RecordMetadata:
+        self._require_started()
+        t = self._topic(topic)
+        part = t.partitions[partition_for(key, len(t.partitions), t.counter)]
+        if len(part.records) >= self.config.retention:
+            await self._make_room(part)
+        offset = part.next_offset
+        part.records.append(Record(topic, part.index, offset, key, value, headers, time.time_ns() // 1_000_000))
+        part.next_offset = offset + 1
+        if part.waiters:
+            part.wake(part.waiters)
+        return RecordMetadata(topic, part.index, offset)
+
+    def _slowest(self, part: _Partition) -> tuple[str | None, int]:
+        """The group furthest behind on this partition, and its committed offset."""
+        key = (part.topic, part.index)
+        slowest: tuple[str | None, int] = (None, part.next_offset)
+        for group in self._groups.values():
+            offset = group.committed.get(key)
+            if offset is not None and offset < slowest[1]:
+                slowest = (group.name, offset)
+        return slowest
+
+    async def _make_room(self, part: _Partition) -> None:
+        """Trim records every group has consumed; if a slow group still holds the oldest one, wait for it."""
+        deadline = time.monotonic() + self.config.publish_timeout
+        while True:
+            group, slowest = self._slowest(part)
+            while part.records and part.log_start < slowest and len(part.records) >= self.config.retention:
+                part.records.popleft()
+                part.log_start += 1
+            if len(part.records) < self.config.retention:
+                return
+            now = time.monotonic()
+            if now - part.warned_at > 5.0:
+                part.warned_at = now
+                log.warning("consumer_lagging_publishers_wait", topic=part.topic, partition=part.index, group=group,
+                            lag=part.next_offset - slowest, retention=self.config.retention)
+            remaining = deadline - now
+            if remaining <= 0:
+                raise Backpressure(
+                    f"topic {part.topic!r} partition {part.index}: group {group!r} is "
+                    f"{part.next_offset - slowest} events behind and the partition holds its retention of "
+                    f"{self.config.retention}; raise transport.memory.retention or speed up that consumer"
+                )
+            try:
+                await asyncio.wait_for(part.wait(part.space_waiters), remaining)
+            except TimeoutError:
+                pass
+
+    async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
+        if topic not in self._topics:
+            await self.ensure_topics([TopicConfig(topic, len(self._topic(record.topic).partitions))])
+        await self.publish(topic, record.value, key=record.key, headers=headers)
+
+    async def subscribe(self, topic: str, group: str, handler: Handler, *, retry: RetryConfig,
+                        start_from: StartFrom = "earliest", member: str = "") -> Subscription:
+        self._require_started()
+        t = self._topic(topic)
+        g = self._groups.get(group)
+        if g is None:
+            g = self._groups[group] = _Group(group)
+        sub = MemorySubscription(self, t, g, handler, retry, start_from,
+                                 member or f"{group}-{next(self._member_ids)}")
+        async with g.lock:
+            g.members.setdefault(topic, []).append(sub)
+            await self._rebalance(g, t)
+        return sub
+
+    async def _rebalance(self, group: _Group, topic: _Topic) -> None:
+        """Split the topic's partitions round-robin among the group's live members (caller holds group.lock).
+
+        Revoked partitions finish their current record before the new owner starts, so no record is handled
+        twice at once and none is skipped.
+        """
+        members = group.members.get(topic.config.name, [])
+        wanted: dict[MemorySubscription, set[int]] = {m: set() for m in members}
+        for p in range(len(topic.partitions)):
+            if members:
+                wanted[members[p % len(members)]].add(p)
+        for member, partitions in wanted.items():
+            revoked = set(member._tasks) - partitions
+            if revoked:
+                await member._revoke(revoked, grace_period=30.0)
+        for member, partitions in wanted.items():
+            for p in sorted(partitions - set(member._tasks)):
+                member._assign(p)
+            member._state = SubscriptionState.ASSIGNED
+            member._joined.set()
+
+    async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
+        names = list(topics) if topics is not None else sorted(self._topics)
+        infos = []
+        for name in names:
+            t = self._topic(name)
+            groups: dict[str, list[PartitionLag]] = {}
+            for g in self._groups.values():
+                if name not in g.members and not any(k[0] == name for k in g.committed):
+                    continue
+                groups[g.name] = [
+                    PartitionLag(p.index, p.log_start, p.next_offset, g.committed.get((name, p.index)))
+                    for p in t.partitions
+                ]
+            infos.append(TopicInfo(name, len(t.partitions), groups))
+        return infos
+
+    def live_members(self, group: str) -> int:
+        g = self._groups.get(group)
+        return sum(len(m) for m in g.members.values()) if g else 0
+
+    async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
+        t = self._topic(topic)
+        live = self.live_members(group)
+        if live:
+            raise GroupHasLiveMembers(group, live)
+        g = self._groups.setdefault(group, _Group(group))
+        result: dict[int, int] = {}
+        for part in t.partitions:
+            if to == "earliest":
+                offset = part.log_start
+            elif to == "latest":
+                offset = part.next_offset
+            else:
+                assert isinstance(to, datetime)
+                target_ms = int(to.timestamp() * 1000)
+                offset = next((r.offset for r in part.records if r.timestamp_ms >= target_ms), part.next_offset)
+            g.committed[(topic, part.index)] = offset
+            result[part.index] = offset
+        return result
