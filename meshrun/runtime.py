@@ -63,6 +63,10 @@ class RunningService:
     async def problems(self) -> list[str]:
         found = [f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
                  if s.state is not SubscriptionState.ASSIGNED]
+        if self.ctx.guard is not None:
+            problem = await self.ctx.guard.ready()
+            if problem:
+                found.append(problem)
         for check in self.loaded.service.ready_checks:
             try:
                 problem = await check(self.ctx)

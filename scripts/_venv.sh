@@ -1,0 +1,20 @@
+# Sourced by the scripts: create .venv with the project installed (and its test extras when asked), once.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MESHRUN_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+extras="${1:-fast}"
+stamp="$VENV/.meshrun-installed-$extras"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "meshrun needs Python 3.11 or newer ($PY is $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  }
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
+  touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
