@@ -1,0 +1,65 @@
+"""Billing: turns each OrderPlaced into an InvoiceIssued (integer minor units, deterministic invoice id).
+
+`compute_invoice` is the business rule, free of I/O; the handler only decodes, computes and publishes.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from meshrun import EventContext, Service
+from meshrun.services.events import INVOICE_EVENTS, ORDER_EVENTS, InvoiceIssued, InvoiceLine, OrderPlaced
+from meshrun.settings import settings_from
+
+# Fixed namespace: the same order id gives the same invoice id in every process, on every redelivery.
+INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    tax_rate_bp: int = 0  # tax in basis points (2000 = 20 %), rounded half up to the minor unit
+    remember_orders: int = 100_000  # order ids remembered to skip a reposted order within this process
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tax_rate_bp <= 10_000:
+            raise ValueError(f"tax_rate_bp must be between 0 and 10000, got {self.tax_rate_bp}")
+
+
+def invoice_id_for(order_id: str) -> str:
+    return "INV-" + uuid.uuid5(INVOICE_NAMESPACE, order_id).hex[:16].upper()
+
+
+def compute_invoice(order: OrderPlaced, tax_rate_bp: int = 0) -> InvoiceIssued:
+    """The invoice of an order: line amounts, subtotal, tax and total, all in integer minor units."""
+    lines = tuple(InvoiceLine(i.sku, i.quantity, i.unit_price, i.quantity * i.unit_price) for i in order.items)
+    subtotal = sum(line.amount for line in lines)
+    tax = (subtotal * tax_rate_bp + 5_000) // 10_000
+    return InvoiceIssued(
+        invoice_id=invoice_id_for(order.order_id), order_id=order.order_id, customer=order.customer,
+        currency=order.currency, lines=lines, subtotal=subtotal, tax=tax, total=subtotal + tax,
+        trace_id=order.trace_id,
+    )
+
+
+service = Service("billing", settings=settings_from(BillingSettings))
+service.publisher(INVOICE_EVENTS)
+
+
+@service.subscribe(ORDER_EVENTS, event=OrderPlaced)
+async def on_order_placed(order: OrderPlaced, ctx: EventContext) -> None:
+    settings: BillingSettings = ctx.service.settings
+    seen: OrderedDict[str, str] = ctx.service.state.setdefault("invoiced", OrderedDict())
+    if order.order_id in seen and seen[order.order_id] != order.event_id:
+        # The same order placed twice (a repost that reached us): one invoice per order.
+        ctx.log.info("invoice_already_issued", order_id=order.order_id, invoice_id=invoice_id_for(order.order_id))
+        return
+    invoice = compute_invoice(order, settings.tax_rate_bp)
+    # Published even when this event was seen (a redelivery after a failure): the id is the same, and the
+    # User service's idempotency key makes the notification happen once.
+    await ctx.publish(INVOICE_EVENTS, invoice, key=order.order_id)
+    seen[order.order_id] = order.event_id
+    if len(seen) > settings.remember_orders:
+        seen.popitem(last=False)
+    ctx.log.info("invoice_issued", invoice_id=invoice.invoice_id, order_id=order.order_id, total=invoice.total,
+                 currency=invoice.currency)
