@@ -188,7 +188,10 @@ def _register_optional_commands() -> None:
     import importlib.util
 
     for module_name in ("meshrun.auth.cli", "meshrun.bench.cli"):
-        if importlib.util.find_spec(module_name) is None:
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:  # its parent package is not there either
             continue
         module = importlib.import_module(module_name)
         for command in module.commands:

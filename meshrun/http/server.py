@@ -15,6 +15,7 @@ from meshrun.service import Route, Service
 
 CLAIMS = "meshrun.claims"
 CONTEXT = web.AppKey("meshrun.context", ServiceContext)
+MAX_BODY = web.AppKey("meshrun.max_body_bytes", int)
 ReadinessProbe = Callable[[], Awaitable[list[str]]]
 log = structlog.get_logger("meshrun.http")
 
@@ -40,7 +41,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
                                                                                           "http_error")
         message = exc.reason
         if exc.status == 413:
-            message = f"request body larger than {request.app['max_body_bytes']} bytes"
+            message = f"request body larger than {request.app[MAX_BODY]} bytes"
         elif exc.status == 404:
             message = f"no route for {request.method} {request.path}"
         response = json_error(exc.status, error, message)
@@ -74,7 +75,7 @@ def _wrap(route: Route, ctx: ServiceContext) -> Callable[[web.Request], Awaitabl
 def create_app(service: Service, ctx: ServiceContext, readiness: ReadinessProbe) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=service.max_body_bytes)
     app[CONTEXT] = ctx
-    app["max_body_bytes"] = service.max_body_bytes
+    app[MAX_BODY] = service.max_body_bytes
 
     async def health(_: web.Request) -> web.Response:
         return json_response({"status": "alive", "service": ctx.name})

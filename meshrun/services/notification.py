@@ -76,6 +76,10 @@ async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
         status = await _post(ctx.service, url, await tokens.token(), body, invoice)
     if status in TRANSIENT_STATUS:
         raise RetryLater(f"User service answered {status}")
+    if status in (401, 403):
+        # A configuration problem (client, scope, audience or keys): wait for the fix rather than drop the event.
+        raise RetryLater(f"User service refused the machine token ({status}): check the notification client's "
+                         "scope and audience in services.toml")
     if status >= 400:
         raise NotifyRejected(f"User service refused the notification of invoice {invoice.invoice_id}: {status}")
     ctx.log.info("notification_sent", invoice_id=invoice.invoice_id, order_id=invoice.order_id,
