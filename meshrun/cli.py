@@ -134,25 +134,50 @@ def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> 
     return asyncio.run(go())
 
 
+def _admin_call(config: MeshConfig, method: str, path: str, params: dict[str, str] | None = None) -> Any:
+    """Ask a running in-memory mesh (its mesh.admin_port) for topics or a replay."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if config.admin_port is None:
+        raise MeshrunError(f"{config.file}: mesh.admin_port is not set; the in-memory transport lives inside "
+                           "`meshrun up` and is reached through that port (or use --transport kafka)")
+    url = f"http://{config.host}:{config.admin_port}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise MeshrunError(json.load(exc).get("message", str(exc))) from None
+    except OSError as exc:
+        raise MeshrunError(f"no running mesh answers at {url} ({exc}); start it with `meshrun up`") from None
+
+
 @main.command()
 @config_option
 @transport_option
 def topics(config_path: str, transport: str | None) -> None:
     """List topics, partitions and each consumer group's lag."""
+    from meshrun.http.admin import topic_infos_to_json
+
     try:
         config = _load(config_path, transport)
         if config.transport == "memory":
-            raise MeshrunError("the in-memory transport lives inside a running `meshrun up`: its topics are shown "
-                               "by GET /mesh/topics on any service port; use --transport kafka for a cluster")
-        infos = _with_transport(config, lambda t: t.describe())
+            infos = _admin_call(config, "GET", "/topics")["topics"]
+        else:
+            infos = topic_infos_to_json(_with_transport(config, lambda t: t.describe()))
     except MeshrunError as exc:
         fail(exc)
     for info in infos:
-        click.echo(f"{info.name}  ({info.partitions} partitions)")
-        for group, lags in sorted(info.groups.items()):
-            total = sum(p.lag for p in lags)
-            detail = " ".join(f"p{p.partition}:{p.committed if p.committed is not None else '-'}/{p.log_end}"
-                              for p in lags)
+        click.echo(f"{info['name']}  ({info['partitions']} partitions)")
+        for group, lags in sorted(info["groups"].items()):
+            total = sum(p["lag"] for p in lags)
+            detail = " ".join(f"p{p['partition']}:{p['committed'] if p['committed'] is not None else '-'}"
+                              f"/{p['log_end']}" for p in lags)
             click.echo(f"  {group:<22} lag {total:<8} {detail}")
 
 
@@ -163,7 +188,11 @@ def topics(config_path: str, transport: str | None) -> None:
 @click.option("--topic", required=True)
 @click.option("--to", "target", required=True, help="earliest, latest or an ISO timestamp (2026-01-31T12:00:00Z).")
 def replay(config_path: str, transport: str | None, group: str, topic: str, target: str) -> None:
-    """Reset a consumer group's offsets so it re-reads a topic (refused while the group has live members)."""
+    """Reset a consumer group's offsets so it re-reads a topic.
+
+    On Kafka this is refused while the group has live members. On the in-memory transport the running mesh
+    pauses its own members of the group, moves the offsets and resumes them.
+    """
     to: Any = target
     if target not in ("earliest", "latest"):
         try:
@@ -173,9 +202,10 @@ def replay(config_path: str, transport: str | None, group: str, topic: str, targ
     try:
         config = _load(config_path, transport)
         if config.transport == "memory":
-            raise MeshrunError("the in-memory transport lives inside a running `meshrun up`: replay it with "
-                               "POST /mesh/replay on any service port; use --transport kafka for a cluster")
-        offsets = _with_transport(config, lambda t: t.reset_offsets(group, topic, to))
+            result = _admin_call(config, "POST", "/replay", {"group": group, "topic": topic, "to": target})
+            offsets = {int(p): o for p, o in result["offsets"].items()}
+        else:
+            offsets = _with_transport(config, lambda t: t.reset_offsets(group, topic, to))
     except MeshrunError as exc:
         fail(exc)
     for partition, offset in sorted(offsets.items()):

@@ -84,6 +84,7 @@ class MeshConfig:
     transport: str = "memory"
     host: str = "127.0.0.1"
     issuer: str | None = None
+    admin_port: int | None = None
     grace_period: float = 10.0
     log_level: str = "info"
     log_format: str = "console"
@@ -180,6 +181,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         problems.append(f"mesh.transport: unknown transport {transport!r} (expected memory or kafka)")
     host = mesh.get("host", str, "127.0.0.1")
     issuer = mesh.get("issuer", str, None)
+    admin_port = mesh.get("admin_port", int, None)
     grace = mesh.positive("grace_period", 10.0, float)
     log_level = mesh.choice("log_level", ("debug", "info", "warning", "error"), "info")
     log_format = mesh.choice("log_format", LOG_FORMATS, "console")
@@ -217,7 +219,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
 
     services: dict[str, ServiceConfig] = {}
     services_table = root.table("services")
-    ports: dict[int, str] = {}
+    ports: dict[int, str] = {admin_port: "the mesh admin endpoint (mesh.admin_port)"} if admin_port else {}
     groups: dict[str, str] = {}
     for name in list(services_table.data):
         if not isinstance(services_table.data.get(name), dict):
@@ -272,6 +274,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         transport=transport,
         host=host,
         issuer=issuer,
+        admin_port=admin_port,
         grace_period=grace,
         log_level=log_level,
         log_format=log_format,

@@ -22,7 +22,7 @@ from meshrun.logs import service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import Subscriber
 from meshrun.transport import create_transport
-from meshrun.transport.base import Handler, Record, Subscription, SubscriptionState, Transport
+from meshrun.transport.base import Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 
 
@@ -89,6 +89,7 @@ class Mesh:
         self.log = service_logger("mesh")
         self.started_at = 0.0
         self._transport_started = False
+        self._admin: web.AppRunner | None = None
 
     def port_of(self, name: str) -> int:
         port = self.services[name].port
@@ -131,32 +132,42 @@ class Mesh:
                     await self._start_http(running)
             for running in self.services.values():
                 await self._start_consumers(running)
+            if self.config.admin_port is not None:
+                await self._start_admin()
         except BaseException:
             await self.stop()
             raise
 
-    async def _start_http(self, running: RunningService) -> None:
-        ls = running.loaded
-        app = create_app(ls.service, running.ctx, running.problems)
+    async def _serve(self, name: str, app: web.Application, port: int) -> tuple[web.AppRunner, int]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.grace_period,
                                handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, ls.config.port, reuse_address=True)
+        site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(ls.name, self.config.host, ls.config.port or 0) from None
+                raise PortInUse(name, self.config.host, port) from None
             raise
-        running.runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        running.port = sockets[0].getsockname()[1] if sockets else ls.config.port
+        sockets = getattr(site._server, "sockets", None) or []
+        return runner, sockets[0].getsockname()[1] if sockets else port
 
-    async def _start_consumers(self, running: RunningService) -> None:
+    async def _start_http(self, running: RunningService) -> None:
+        ls = running.loaded
+        app = create_app(ls.service, running.ctx, running.problems)
+        running.runner, running.port = await self._serve(ls.name, app, ls.config.port or 0)
+
+    async def _start_admin(self) -> None:
+        from meshrun.http.admin import create_admin_app
+
+        self._admin, _ = await self._serve("mesh admin", create_admin_app(self), self.config.admin_port or 0)
+
+    async def _start_consumers(self, running: RunningService, topic: str | None = None) -> None:
         ls = running.loaded
         for subscriber in ls.service.subscribers:
+            if topic is not None and subscriber.topic != topic:
+                continue
             handler = event_handler(subscriber, running.ctx)
             for replica in range(ls.config.replicas):
                 sub = await self.transport.subscribe(
@@ -165,6 +176,25 @@ class Mesh:
                     member=f"{ls.name}-{replica + 1}",
                 )
                 running.subscriptions.append(sub)
+
+    async def replay(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
+        """Re-read `topic` in `group`: stop this process's members of the group, move its offsets, restart them.
+
+        On Kafka the reset is refused while members in other processes are still live.
+        """
+        owners = [rs for rs in self.services.values()
+                  if rs.loaded.config.group == group and topic in rs.loaded.topics]
+        for rs in owners:
+            leaving = [s for s in rs.subscriptions if s.topic == topic]
+            await asyncio.gather(*(s.stop(self.config.grace_period) for s in leaving))
+            rs.subscriptions = [s for s in rs.subscriptions if s.topic != topic]
+        try:
+            offsets = await self.transport.reset_offsets(group, topic, to)
+        finally:
+            for rs in owners:
+                await self._start_consumers(rs, topic)
+        self.log.info("group_replayed", group=group, topic=topic, to=str(to), offsets=offsets)
+        return offsets
 
     async def wait_ready(self, timeout: float = 60.0) -> float:
         """Wait until every service reports ready; returns seconds since start. Raises TimeoutError naming why."""
@@ -184,6 +214,9 @@ class Mesh:
     async def stop(self) -> None:
         grace = self.config.grace_period
         runners = [rs.runner for rs in self.services.values() if rs.runner is not None]
+        if self._admin is not None:
+            runners.append(self._admin)
+            self._admin = None
         await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
         await asyncio.gather(*(sub.stop(grace) for rs in self.services.values() for sub in rs.subscriptions),
                              return_exceptions=True)

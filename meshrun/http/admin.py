@@ -1,0 +1,55 @@
+"""The mesh's admin endpoint (mesh.admin_port, loopback by default): topics, lag and replay of this process.
+
+It is how `meshrun topics` and `meshrun replay` reach the in-memory transport, which lives inside `meshrun up`.
+Bind it to a private interface only: it can rewind consumer groups.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from meshrun.errors import MeshrunError
+from meshrun.http.server import json_error, json_errors, json_response
+
+if TYPE_CHECKING:
+    from meshrun.runtime import Mesh
+
+MESH = web.AppKey("meshrun.mesh", object)
+
+
+def topic_infos_to_json(infos: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": i.name, "partitions": i.partitions,
+             "groups": {g: [dict(asdict(p), lag=p.lag) for p in lags] for g, lags in i.groups.items()}}
+            for i in infos]
+
+
+def create_admin_app(mesh: "Mesh") -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+
+    async def topics(_: web.Request) -> web.Response:
+        return json_response({"transport": mesh.transport.name,
+                              "topics": topic_infos_to_json(await mesh.transport.describe())})
+
+    async def replay(request: web.Request) -> web.Response:
+        query = request.query
+        group, topic, target = query.get("group"), query.get("topic"), query.get("to", "")
+        if not group or not topic:
+            return json_error(400, "invalid_request", "group and topic are required query parameters")
+        to: Any = target
+        if target not in ("earliest", "latest"):
+            try:
+                to = datetime.fromisoformat(target.replace("Z", "+00:00"))
+            except ValueError:
+                return json_error(400, "invalid_request", f"to: {target!r} is not earliest, latest or an ISO time")
+        try:
+            offsets = await mesh.replay(group, topic, to)
+        except MeshrunError as exc:
+            return json_error(409, "replay_refused", str(exc))
+        return json_response({"group": group, "topic": topic, "offsets": offsets})
+
+    app.router.add_get("/topics", topics)
+    app.router.add_post("/replay", replay)
+    return app
