@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from meshrun import EventContext, RetryLater, Service, ServiceContext
 from meshrun.auth.token_source import ClientCredentialsTokenSource
+from meshrun.http.server import json_response
 from meshrun.services.events import INVOICE_EVENTS, InvoiceIssued
 from meshrun.settings import settings_from
 
@@ -46,6 +48,13 @@ async def create_token_source(ctx: ServiceContext) -> None:
         scope=s.scope, session=lambda: ctx.http, resource=s.audience,
     )
     ctx.state["notify_url"] = f"{(s.users_url or ctx.url_of('users')).rstrip('/')}/notify-user"
+
+
+@service.route("GET", "/stats")
+async def stats(request: web.Request, ctx: ServiceContext) -> web.Response:
+    """Notifications sent and machine tokens fetched since start (one per token lifetime is the goal)."""
+    tokens: ClientCredentialsTokenSource = ctx.state["tokens"]
+    return json_response({"sent": ctx.state.get("sent", 0), "tokens_fetched": tokens.fetched})
 
 
 async def _post(ctx: ServiceContext, url: str, token: str, body: bytes, invoice: InvoiceIssued) -> int:
@@ -82,5 +91,6 @@ async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
                          "scope and audience in services.toml")
     if status >= 400:
         raise NotifyRejected(f"User service refused the notification of invoice {invoice.invoice_id}: {status}")
+    ctx.service.state["sent"] = ctx.service.state.get("sent", 0) + 1
     ctx.log.info("notification_sent", invoice_id=invoice.invoice_id, order_id=invoice.order_id,
                  user=invoice.customer, duplicate=status == 200)

@@ -30,6 +30,7 @@ class Notification:
     trace_id: str | None
     notified_by: str
     received_at: float
+    seq: int
 
 
 class NotificationRejected(ValueError):
@@ -65,6 +66,8 @@ service = Service("users", max_body_bytes=8 * 1024)
 @service.startup
 async def create_store(ctx: ServiceContext) -> None:
     ctx.state["notifications"] = {}
+    ctx.state["per_order"] = {}
+    ctx.state["duplicates_absorbed"] = 0
 
 
 @service.route("POST", "/notify-user", scope="users.notify")
@@ -76,14 +79,17 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
     key = request.headers.get("Idempotency-Key") or str(data["invoice_id"])
     store: dict[str, Notification] = ctx.state["notifications"]
     if key in store:
+        ctx.state["duplicates_absorbed"] += 1
         return json_response({"status": "duplicate", "invoice_id": store[key].invoice_id}, status=200)
     note = Notification(
         invoice_id=str(data["invoice_id"]), order_id=str(data["order_id"]), user=str(data["user"]),
         total=data.get("total"), currency=data.get("currency"),  # type: ignore[arg-type]
         trace_id=data.get("trace_id") or request.headers.get("X-Trace-Id"),  # type: ignore[arg-type]
-        notified_by=request[CLAIMS].client_id, received_at=time.time(),
+        notified_by=request[CLAIMS].client_id, received_at=time.time(), seq=len(store) + 1,
     )
     store[key] = note
+    per_order: dict[str, int] = ctx.state["per_order"]
+    per_order[note.order_id] = per_order.get(note.order_id, 0) + 1
     ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
                  f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
                  trace_id=note.trace_id)
@@ -92,7 +98,26 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
 
 @service.route("GET", "/notifications")
 async def list_notifications(request: web.Request, ctx: ServiceContext) -> web.Response:
+    """The notifications received, optionally for one order or after a sequence number (`since`)."""
     store: dict[str, Notification] = ctx.state["notifications"]
     order_id = request.query.get("order_id")
-    notes = [asdict(n) for n in store.values() if order_id is None or n.order_id == order_id]
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        return json_error(400, "invalid_request", "since: must be an integer sequence number", field="since")
+    values = list(store.values())[since:] if order_id is None else [n for n in store.values()
+                                                                     if n.order_id == order_id]
+    notes = [asdict(n) for n in values]
     return json_response({"count": len(notes), "notifications": notes})
+
+
+@service.route("GET", "/notifications/stats")
+async def notification_stats(request: web.Request, ctx: ServiceContext) -> web.Response:
+    """Counts from the service's own records: what a benchmark or a test reads to find lost or doubled work."""
+    per_order: dict[str, int] = ctx.state["per_order"]
+    return json_response({
+        "notifications": len(ctx.state["notifications"]),
+        "orders": len(per_order),
+        "orders_notified_more_than_once": sum(1 for c in per_order.values() if c > 1),
+        "duplicates_absorbed": ctx.state["duplicates_absorbed"],
+    })
