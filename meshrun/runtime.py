@@ -84,6 +84,8 @@ class Mesh:
                  transport: Transport | None = None) -> None:
         self.config = config
         self.names = names if names is not None else list(config.services)
+        # A transport handed in is shared with other meshes (tests, embedding): its owner stops it.
+        self.owns_transport = transport is None
         self.transport = transport or create_transport(config)
         self.services: dict[str, RunningService] = {}
         self.log = service_logger("mesh")
@@ -114,7 +116,8 @@ class Mesh:
         """Start the transport, then every service: HTTP first (others depend on it), then its consumers."""
         self.started_at = time.perf_counter()
         loaded = load_services(self.config, self.names)
-        await self.transport.start()
+        if self.owns_transport:
+            await self.transport.start()
         self._transport_started = True
         await self.transport.ensure_topics(self.topics_needed(loaded))
         try:
@@ -232,7 +235,8 @@ class Mesh:
             await rs.ctx.close()
         if self._transport_started:
             self._transport_started = False
-            await self.transport.stop()
+            if self.owns_transport:
+                await self.transport.stop()
 
     async def run(self, stop: asyncio.Event, ready_timeout: float = 60.0) -> None:
         """Start, report readiness, wait for `stop` (set by a signal), then shut down gracefully."""
