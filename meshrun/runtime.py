@@ -41,10 +41,13 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext) -> Handler:
                                 trace_id=trace_id.decode() if trace_id else None)
             await handler(record, EventContext(ctx, record, log))
             return
-        try:
-            event = decode(record.value, event_type)
-        except EventDecodeError as exc:
-            raise PoisonEvent(str(exc)) from None
+        event = record.decoded
+        if type(event) is not event_type:
+            try:
+                event = decode(record.value, event_type)
+            except EventDecodeError as exc:
+                raise PoisonEvent(str(exc)) from None
+            object.__setattr__(record, "decoded", event)  # events are frozen: safe to share between groups
         log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                             event_id=event.event_id, trace_id=event.trace_id)
         await handler(event, EventContext(ctx, record, log))
