@@ -31,3 +31,58 @@ def ports() -> Any:
             return self[key]
 
     return Ports()
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+HTTP_SERVICES = ("auth", "orders", "analytics", "notification", "users")
+
+
+def pipeline_data(tmp_path: Any, ports: Any, transport: str = "memory", suffix: str = "") -> dict[str, Any]:
+    """The shipped services.toml with free ports, a temporary keys dir and, optionally, suffixed group names."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "services.toml").read_text())
+    data["mesh"]["transport"] = transport
+    data["mesh"]["admin_port"] = ports["admin"]
+    data["mesh"]["issuer"] = f"http://127.0.0.1:{ports['auth']}"
+    data["mesh"]["grace_period"] = 5.0
+    for name, service in data["services"].items():
+        if "port" in service:
+            service["port"] = ports[name]
+        if suffix and "group" in service:
+            service["group"] += suffix
+    data["services"]["auth"]["settings"]["keys_dir"] = str(tmp_path / "keys")
+    return data
+
+
+def write_toml(path: Any, data: dict[str, Any]) -> Any:
+    """Write a (flat enough) config dict as TOML, for tests that start `meshrun up` processes."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    def table(prefix: str, t: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in t.items()
+                   if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in t.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                table(key, v)
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                for item in v:
+                    lines.append(f"[[{key}]]")
+                    lines.extend(f"{ik} = {value(iv)}" for ik, iv in item.items())
+
+    table("", data)
+    path.write_text("\n".join(lines) + "\n")
+    return path
