@@ -101,13 +101,17 @@ class Accepted:
 
 
 class OrderLedger:
-    """Which order ids were accepted (bounded, oldest forgotten first): decides what a repost gets."""
+    """Which order ids were accepted (bounded, oldest forgotten first): decides what a repost gets.
+
+    An order being published is a Future (a concurrent repost waits for its outcome); once accepted only the
+    small Accepted record is kept.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._accepted: OrderedDict[str, asyncio.Future[Accepted]] = OrderedDict()
+        self._accepted: OrderedDict[str, "Accepted | asyncio.Future[Accepted]"] = OrderedDict()
 
-    def claim(self, order_id: str) -> "asyncio.Future[Accepted] | None":
+    def claim(self, order_id: str) -> "Accepted | asyncio.Future[Accepted] | None":
         """None if the caller is the first to place this order (and must publish it), else the first answer."""
         existing = self._accepted.get(order_id)
         if existing is not None:
@@ -119,7 +123,7 @@ class OrderLedger:
 
     def settle(self, order_id: str, accepted: Accepted | None, error: BaseException | None = None) -> None:
         fut = self._accepted.get(order_id)
-        if fut is None or fut.done():
+        if not isinstance(fut, asyncio.Future) or fut.done():
             return
         if accepted is None:
             # Not published: forget the claim so a retry of the request can place it.
@@ -128,6 +132,7 @@ class OrderLedger:
             fut.exception()  # mark retrieved: waiters, if any, re-raise it themselves
         else:
             fut.set_result(accepted)
+            self._accepted[order_id] = accepted
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
     first = ledger.claim(order.order_id)
     if first is not None:
         try:
-            accepted = await asyncio.shield(first)
+            accepted = first if isinstance(first, Accepted) else await asyncio.shield(first)
         except Exception:
             return json_error(503, "unavailable", "the first request for this order failed; retry", field=None)
         if accepted.fingerprint != fingerprint:
