@@ -54,3 +54,28 @@ class SettingsError(MeshrunError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+class TopicPartitionMismatch(TransportStateError):
+    """A topic exists on the broker with another partition count than services.toml declares."""
+
+    def __init__(self, topic: str, existing: int, configured: int) -> None:
+        self.topic = topic
+        self.existing = existing
+        self.configured = configured
+        super().__init__(
+            f"topic {topic!r} exists with {existing} partitions, configured with {configured}: set "
+            f"[topics.{topic}] partitions = {existing} in services.toml, or recreate the topic (Kafka cannot "
+            "shrink a topic, and growing one moves keys to other partitions)"
+        )
+
+
+class BrokerUnavailable(MeshrunError):
+    """The Kafka cluster could not be reached (or did not answer) within the configured time."""
+
+    def __init__(self, bootstrap_servers: str, detail: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        super().__init__(
+            f"cannot reach Kafka at {bootstrap_servers} ({detail}): start a local broker with `scripts/kafka start`, "
+            "or point [transport.kafka] bootstrap_servers (env MESHRUN_KAFKA_BOOTSTRAP_SERVERS) at your cluster"
+        )

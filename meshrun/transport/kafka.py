@@ -1,0 +1,191 @@
+"""The Kafka transport: the `Transport` interface over a Kafka cluster with aiokafka, same semantics as in memory.
+
+Not a Kafka client wrapper for services: they see `Transport` only. Consumers live in `kafka_subscription`,
+cluster administration (topics, groups, offsets) in `kafka_admin`, option routing and TLS in `kafka_options`.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import datetime
+from typing import Sequence
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
+from meshrun.errors import BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.transport.base import (
+    Handler,
+    Headers,
+    PartitionLag,
+    Record,
+    RecordMetadata,
+    ResetTarget,
+    StartFrom,
+    Subscription,
+    SubscriptionState,
+    TopicInfo,
+    Transport,
+)
+from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
+from meshrun.transport.kafka_options import KafkaClientOptions, start_client
+from meshrun.transport.kafka_subscription import KafkaSubscription
+from meshrun.transport.memory import partition_for
+
+log = structlog.get_logger("meshrun.transport.kafka")
+
+
+class _KeyPartitioner:
+    """Kafka's default partitioner (murmur2 of the key) with partitions in id order, so a key lands on the same
+    partition as with the in-memory transport; records without a key go round-robin."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        ordered = sorted(all_partitions)
+        return ordered[partition_for(key, len(ordered), self._counter)]
+
+
+class KafkaTransport(Transport):
+    """Topics, consumer groups and offsets on a Kafka cluster; one idempotent producer shared by every publisher."""
+
+    name = "kafka"
+
+    def __init__(self, config: KafkaTransportConfig | None = None) -> None:
+        self.config = config or KafkaTransportConfig()
+        self.options = KafkaClientOptions.from_config(self.config)
+        self._producer: AIOKafkaProducer | None = None
+        self._admin = KafkaAdmin(self.options)
+        self._partitions: dict[str, int] = {}
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._member_ids = itertools.count(1)
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.options.bootstrap_servers,
+            client_id=f"{self.options.client_id}-producer",
+            # Idempotence with acks from all in-sync replicas: a retried send is written once, and an
+            # acknowledged record survives the loss of the partition leader.
+            enable_idempotence=True,
+            acks="all",
+            partitioner=_KeyPartitioner(),
+            **self.options.common,
+            **self.options.producer,
+        )
+        await start_client(producer, "producer", self.options)
+        try:
+            await self._admin.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+        log.info("kafka_transport_started", bootstrap_servers=self.options.bootstrap_servers)
+
+    async def stop(self) -> None:
+        subscriptions = list(self._subscriptions)
+        await asyncio.gather(*(s.stop(0.0) for s in subscriptions), return_exceptions=True)
+        self._subscriptions.clear()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()  # sends what is still buffered first
+        await self._admin.close()
+
+    def _require_started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise TransportStateError("the Kafka transport is not started: call `await transport.start()` first")
+        return self._producer
+
+    async def ensure_topics(self, topics: Sequence[TopicConfig]) -> None:
+        self._require_started()
+        self._partitions.update(await self._admin.ensure_topics(topics))
+
+    async def _partition_count(self, topic: str) -> int:
+        """The topic's partition count (cached: Kafka topics do not shrink); UnknownTopic if it does not exist."""
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = await self._admin.partition_count(topic)
+        return count
+
+    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Headers = ()) -> RecordMetadata:
+        producer = self._require_started()
+        await self._partition_count(topic)
+        try:
+            # send() only queues the record in a batch; awaiting its future waits for this record's ack, so
+            # concurrent publishers share requests to the broker instead of waiting for each other.
+            ack = await producer.send(topic, value, key=key, headers=list(headers) or None)
+            sent = await ack
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
+            raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not acknowledged: "
+                                                                    f"{exc!r}") from exc
+        return RecordMetadata(sent.topic, sent.partition, sent.offset)
+
+    async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
+        if topic not in self._partitions:
+            source = await self._partition_count(record.topic)
+            await self.ensure_topics([TopicConfig(topic, source)])
+        await self.publish(topic, record.value, key=record.key, headers=headers)
+
+    async def subscribe(self, topic: str, group: str, handler: Handler, *, retry: RetryConfig,
+                        start_from: StartFrom = "earliest", member: str = "") -> Subscription:
+        self._require_started()
+        await self._partition_count(topic)
+        sub = KafkaSubscription(self.options, topic, group, handler, retry, start_from,
+                                member or f"{group}-{next(self._member_ids)}", self._dead_letter)
+        await sub.start()
+        self._subscriptions = {s for s in self._subscriptions if s.state is not SubscriptionState.STOPPED}
+        self._subscriptions.add(sub)
+        return sub
+
+    async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
+        self._require_started()
+        names = list(topics) if topics is not None else await self._admin.topic_names()
+        unknown = [n for n in names if n not in self._partitions]
+        for name, count in (await self._admin.partition_counts(unknown)).items():
+            if count is None:
+                raise UnknownTopic(name)
+            self._partitions[name] = count
+        counts = {name: self._partitions[name] for name in names}
+        tps = [tp for name in names for tp in partitions_of(name, counts[name])]
+        (starts, ends), committed = await asyncio.gather(self._admin.log_offsets(tps),
+                                                         self._admin.all_committed_offsets())
+        infos = []
+        for name in names:
+            groups: dict[str, list[PartitionLag]] = {}
+            for group, offsets in committed.items():
+                mine = by_partition(offsets, name)
+                if mine:
+                    groups[group] = [PartitionLag(tp.partition, starts[tp], ends[tp], mine.get(tp.partition))
+                                     for tp in partitions_of(name, counts[name])]
+            infos.append(TopicInfo(name, counts[name], groups))
+        return infos
+
+    def live_members(self, group: str) -> int:
+        """Members of `group` in this process (the cluster may have more: `reset_offsets` asks the broker)."""
+        return sum(1 for s in self._subscriptions
+                   if s.group == group and s.state not in (SubscriptionState.STOPPING, SubscriptionState.STOPPED))
+
+    async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
+        self._require_started()
+        tps = partitions_of(topic, await self._partition_count(topic))
+        members = await self._admin.live_members(group)
+        if members:
+            raise GroupHasLiveMembers(group, members)
+        if to == "earliest":
+            offsets, _ = await self._admin.log_offsets(tps)
+        elif to == "latest":
+            _, offsets = await self._admin.log_offsets(tps)
+        elif isinstance(to, datetime):
+            offsets = await self._admin.offsets_at(tps, int(to.timestamp() * 1000))
+        else:
+            raise ValueError(f"reset target {to!r} is not earliest, latest or a datetime")
+        await self._admin.commit_offsets(group, offsets)
+        log.info("kafka_offsets_reset", group=group, topic=topic, to=str(to), offsets=by_partition(offsets, topic))
+        return by_partition(offsets, topic)
+

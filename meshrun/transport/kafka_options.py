@@ -1,0 +1,115 @@
+"""How `[transport.kafka]` options become aiokafka arguments: which client gets which option, TLS, and connecting.
+
+Not a second configuration layer: `meshrun.config` validates the keys; this module only routes them.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.helpers import create_ssl_context
+
+from meshrun.config import KafkaTransportConfig
+from meshrun.errors import BrokerUnavailable, MeshrunError
+
+log = structlog.get_logger("meshrun.transport.kafka")
+
+# Options every client (producer, consumers, admin) takes as they are.
+_COMMON = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
+_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_PRODUCER = ("linger_ms",)
+_CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms")
+_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition")
+KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
+
+
+@dataclass(frozen=True)
+class KafkaClientOptions:
+    """The keyword arguments of each aiokafka client, and meshrun's own consumer tuning."""
+
+    bootstrap_servers: str
+    client_id: str
+    common: dict[str, Any]
+    producer: dict[str, Any]
+    consumer: dict[str, Any]
+    # How often a consumer commits the offsets its handlers finished (also the longest a fetch waits).
+    commit_interval: float
+    # Records fetched ahead of a partition's handler before that partition stops fetching.
+    max_buffered_per_partition: int
+    # How long a revoked partition's in-flight handler may run on before it is cancelled (and redelivered).
+    revoke_grace_period: float
+
+    @property
+    def connect_timeout(self) -> float:
+        """How long start-up keeps retrying an unreachable cluster before giving up."""
+        return float(self.common.get("request_timeout_ms", 40_000)) / 1000
+
+    @classmethod
+    def from_config(cls, config: KafkaTransportConfig) -> "KafkaClientOptions":
+        options = dict(config.options)
+        unknown = sorted(set(options) - KNOWN_OPTIONS)
+        if unknown:
+            raise MeshrunError(f"transport.kafka: unknown option(s) {', '.join(unknown)} "
+                               f"(known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        common = {k: options[k] for k in _COMMON if k in options}
+        context = _ssl_context(options)
+        if context is not None:
+            common["ssl_context"] = context
+        consumer = {k: options[k] for k in _CONSUMER if k in options}
+        consumer.setdefault("max_poll_records", 500)
+        # A rebalance waits for each member's in-flight handlers (up to the revoke grace period): give members
+        # time to rejoin after that instead of the session timeout aiokafka defaults to.
+        consumer.setdefault("rebalance_timeout_ms", 60_000)
+        return cls(
+            bootstrap_servers=config.bootstrap_servers,
+            client_id=str(options.get("client_id", "meshrun")),
+            common=common,
+            producer={"linger_ms": options.get("linger_ms", 0)},
+            consumer=consumer,
+            commit_interval=int(options.get("commit_interval_ms", 100)) / 1000,
+            max_buffered_per_partition=int(options.get("max_in_flight_per_partition", 1000)),
+            revoke_grace_period=consumer["rebalance_timeout_ms"] / 2000,
+        )
+
+
+def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext | None:
+    """A TLS context when TLS is asked for, by protocol or by certificate files; None for plaintext."""
+    files = {k: options[k] for k in _SSL_FILES if options.get(k)}
+    protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
+    if not files and protocol not in ("SSL", "SASL_SSL"):
+        return None
+    if files and protocol not in ("SSL", "SASL_SSL"):
+        raise MeshrunError(f"transport.kafka: {', '.join(sorted(files))} given but security_protocol is {protocol}; "
+                           "set security_protocol = \"SSL\" (or \"SASL_SSL\") to use TLS")
+    try:
+        return create_ssl_context(cafile=files.get("ssl_cafile"), certfile=files.get("ssl_certfile"),
+                                  keyfile=files.get("ssl_keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        raise MeshrunError(f"transport.kafka: cannot load the TLS files {files}: {exc}") from None
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: Startable, what: str, options: KafkaClientOptions) -> None:
+    """Start an aiokafka client, retrying while the cluster is unreachable (a broker still starting, a blip)."""
+    deadline = time.monotonic() + options.connect_timeout
+    delay = 0.25
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError as exc:
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(options.bootstrap_servers,
+                                        f"{what}: {exc}; gave up after {options.connect_timeout:.0f}s") from None
+            log.warning("kafka_unreachable_retrying", client=what, bootstrap_servers=options.bootstrap_servers,
+                        error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

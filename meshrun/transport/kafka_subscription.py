@@ -1,0 +1,278 @@
+"""One member of a Kafka consumer group: fetches in batches, hands each partition to its own worker, commits.
+
+Not the retry policy (that is `delivery.deliver`) and not the producer (dead letters go through the transport's).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from meshrun.config import RetryConfig
+from meshrun.transport.base import Handler, Headers, Record, StartFrom, Subscription, SubscriptionState
+from meshrun.transport.delivery import deliver
+from meshrun.transport.kafka_options import KafkaClientOptions, start_client
+
+log = structlog.get_logger("meshrun.transport.kafka")
+
+DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
+
+
+def to_record(message: ConsumerRecord[bytes, bytes]) -> Record:
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=tuple((k, v if v is not None else b"") for k, v in message.headers),
+        timestamp_ms=message.timestamp,
+    )
+
+
+class _PartitionWorker:
+    """Handles one assigned partition's records in order; `done` is the offset up to which all are handled."""
+
+    def __init__(self, sub: "KafkaSubscription", partition: int, position: int) -> None:
+        self.sub = sub
+        self.tp = TopicPartition(sub.topic, partition)
+        self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        self.done = position
+        self.committed = position
+        self.paused = False
+        self.stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"{sub.group}:{sub.topic}[{partition}]")
+
+    def feed(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.queue.extend(messages)
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        try:
+            await self._handle_in_order()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here would silently stall the partition: say so loudly
+            log.exception("kafka_partition_worker_crashed", topic=self.tp.topic, partition=self.tp.partition,
+                          group=self.sub.group)
+
+    async def _handle_in_order(self) -> None:
+        sub = self.sub
+        while not self.stopping.is_set():
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            message = self.queue.popleft()
+            done = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
+                                 dead_letter=sub.dead_letter, stopping=self.stopping)
+            if not done:
+                return
+            self.done = message.offset + 1
+            if self.paused and len(self.queue) <= sub.options.max_buffered_per_partition // 2:
+                sub.resume(self)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: "KafkaSubscription") -> None:
+        self.sub = sub
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.sub.retire({tp.partition for tp in revoked if tp.topic == self.sub.topic},
+                              self.sub.options.revoke_grace_period)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.sub.take_over({tp.partition for tp in assigned if tp.topic == self.sub.topic})
+
+
+class KafkaSubscription(Subscription):
+    """A member of `group` on `topic`; one aiokafka consumer, one worker task per assigned partition."""
+
+    def __init__(self, options: KafkaClientOptions, topic: str, group: str, handler: Handler, retry: RetryConfig,
+                 start_from: StartFrom, member: str, dead_letter: DeadLetter) -> None:
+        self.options = options
+        self.topic = topic
+        self.group = group
+        self.member = member
+        self.handler = handler
+        self.retry = retry
+        self.dead_letter = dead_letter
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=options.bootstrap_servers, group_id=group, client_id=f"{options.client_id}-{member}",
+            enable_auto_commit=False, auto_offset_reset=start_from, **options.common, **options.consumer)
+        self._state = SubscriptionState.JOINING
+        self._joined = asyncio.Event()
+        self._workers: dict[int, _PartitionWorker] = {}
+        self._commit_lock = asyncio.Lock()
+        self._last_commit = 0.0
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._where = dict(topic=topic, group=group, member=member)
+
+    @property
+    def state(self) -> SubscriptionState:
+        return self._state
+
+    @property
+    def assigned_partitions(self) -> frozenset[int]:
+        return frozenset(self._workers)
+
+    async def start(self) -> None:
+        await start_client(self.consumer, f"consumer {self.member}", self.options)
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._fetch_task = asyncio.create_task(self._fetch(), name=f"{self.group}:{self.topic}:fetch")
+
+    async def wait_joined(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._joined.wait(), timeout)
+
+    async def stop(self, grace_period: float) -> None:
+        if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
+            return
+        self._state = SubscriptionState.STOPPING
+        if self._fetch_task is not None:
+            # Cancelling is safe at any await of the loop: records are handed to workers without awaiting.
+            self._fetch_task.cancel()
+            await asyncio.gather(self._fetch_task, return_exceptions=True)
+        await self.retire(set(self._workers), grace_period)
+        await self.consumer.stop()  # leaves the group, so the others take over at once
+        for worker in self._workers.values():  # assigned by a rebalance that raced with this stop: never ran
+            worker.stop()
+        self._workers.clear()
+        self._state = SubscriptionState.STOPPED
+        log.debug("kafka_member_stopped", **self._where)
+
+    # --- the fetch loop ---------------------------------------------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        """Fetch batches, feed each partition's worker, and commit what the workers finished every interval."""
+        timeout_ms = max(1, int(self.options.commit_interval * 1000))
+        backoff = 0.1
+        while True:
+            try:
+                batch = await self.consumer.getmany(timeout_ms=timeout_ms)
+            except ConsumerStoppedError:
+                return
+            except KafkaError as exc:
+                # A broker restarting or briefly unreachable: aiokafka reconnects; wait and fetch again.
+                log.warning("kafka_fetch_failed_retrying", error=repr(exc), retry_in=backoff, **self._where)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for tp, messages in batch.items():
+                worker = self._workers.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
+                worker.feed(messages)
+                if not worker.paused and len(worker.queue) >= self.options.max_buffered_per_partition:
+                    self._pause(worker)
+            if time.monotonic() - self._last_commit >= self.options.commit_interval:
+                await self.commit()
+
+    def _add_worker(self, partition: int, position: int) -> _PartitionWorker:
+        worker = self._workers[partition] = _PartitionWorker(self, partition, position)
+        return worker
+
+    def _pause(self, worker: _PartitionWorker) -> None:
+        """Stop fetching a partition whose handler is behind, so memory stays bounded."""
+        try:
+            self.consumer.pause(worker.tp)
+            worker.paused = True
+        except IllegalStateError:  # revoked meanwhile
+            pass
+
+    def resume(self, worker: _PartitionWorker) -> None:
+        try:
+            self.consumer.resume(worker.tp)
+        except IllegalStateError:
+            pass
+        worker.paused = False
+
+    async def commit(self, partitions: set[int] | None = None) -> None:
+        """Commit, per partition, the offset below which every record's handler has finished.
+
+        Handlers of one partition run in order, so that offset is simply the one after the last finished record.
+        """
+        async with self._commit_lock:
+            self._last_commit = time.monotonic()
+            workers = [w for p, w in self._workers.items() if partitions is None or p in partitions]
+            offsets = {w.tp: w.done for w in workers if w.done > w.committed}
+            if not offsets:
+                return
+            try:
+                await asyncio.wait_for(self.consumer.commit(offsets), self.options.connect_timeout)
+            except CommitFailedError:
+                # The group rebalanced first: another member redelivers these records (at least once).
+                log.warning("kafka_commit_rejected_after_rebalance", offsets=_show(offsets), **self._where)
+                return
+            except (KafkaError, IllegalStateError, TimeoutError) as exc:
+                log.warning("kafka_commit_failed", error=repr(exc), offsets=_show(offsets), **self._where)
+                return
+            for worker in workers:
+                if worker.tp in offsets:
+                    worker.committed = max(worker.committed, offsets[worker.tp])
+
+    # --- rebalances ---------------------------------------------------------------------------------------------
+
+    async def retire(self, partitions: set[int], grace_period: float) -> None:
+        """Stop the workers of partitions this member gives up: the in-flight handler may finish (up to
+        `grace_period`, then it is cancelled), what is done is committed, queued records are left for the new owner.
+        """
+        workers = [self._workers[p] for p in partitions if p in self._workers]
+        if not workers:
+            return
+        for worker in workers:
+            worker.stop()
+        _, pending = await asyncio.wait([w.task for w in workers], timeout=grace_period)
+        for task in pending:
+            log.warning("handler_cancelled_after_grace_period", grace_period=grace_period, task=task.get_name(),
+                        **self._where)
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        await self.commit({w.tp.partition for w in workers})
+        for worker in workers:
+            self._workers.pop(worker.tp.partition, None)
+
+    async def take_over(self, partitions: set[int]) -> None:
+        """Start workers for newly assigned partitions at their committed offsets.
+
+        A partition the group never committed starts where `start_from` says; that position is committed at once,
+        as the in-memory transport does, so a record published after `wait_joined` is never skipped by a later
+        reset to "latest". Fetching stays paused until then, so no record arrives before its worker's position.
+        """
+        if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
+            return
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if tps:
+            self.consumer.pause(*tps)
+            try:
+                positions = await asyncio.gather(*(self.consumer.position(tp) for tp in tps))
+                async with self._commit_lock:
+                    await self.consumer.commit(dict(zip(tps, positions)))
+                for tp, position in zip(tps, positions):
+                    if tp.partition not in self._workers:
+                        self._add_worker(tp.partition, position)
+            except (KafkaError, IllegalStateError) as exc:
+                # Fetching resumes from the committed offsets anyway; workers then start at the first record.
+                log.warning("kafka_start_positions_not_committed", error=repr(exc), **self._where)
+            finally:
+                try:
+                    self.consumer.resume(*tps)
+                except IllegalStateError:  # already revoked again
+                    pass
+        log.info("kafka_partitions_assigned", partitions=sorted(partitions), **self._where)
+        self._state = SubscriptionState.ASSIGNED if self._state is SubscriptionState.JOINING else self._state
+        self._joined.set()
+
+
+def _show(offsets: dict[TopicPartition, int]) -> dict[int, int]:
+    return {tp.partition: offset for tp, offset in offsets.items()}

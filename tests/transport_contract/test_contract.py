@@ -1,0 +1,395 @@
+"""The transport contract: what every transport guarantees, checked on the in-memory transport and on real Kafka.
+
+Each test runs once per transport (see conftest.py); a behaviour that differs between them is a bug in one of them.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from meshrun.config import RetryConfig, TopicConfig
+from meshrun.errors import GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.transport.base import Record, StartFrom, Subscription, Transport
+from meshrun.transport.delivery import PoisonEvent, RetryLater, dead_letter_topic
+from meshrun.transport.memory import partition_for
+from tests.kafka.broker import eventually, unique
+
+FAST_RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
+
+
+class Collector:
+    """A handler that keeps every record it was given, in the order it got them; `then` runs after keeping one."""
+
+    def __init__(self, then: Callable[[Record], Awaitable[None]] | None = None) -> None:
+        self.records: list[Record] = []
+        self.then = then
+
+    async def __call__(self, record: Record) -> None:
+        self.records.append(record)
+        if self.then is not None:
+            await self.then(record)
+
+    @property
+    def values(self) -> list[bytes]:
+        return [r.value for r in self.records]
+
+
+async def new_topic(transport: Transport, partitions: int = 3, *, dead_letters: bool = False) -> str:
+    name = unique("contract")
+    topics = [TopicConfig(name, partitions)]
+    if dead_letters:
+        topics.append(TopicConfig(dead_letter_topic(name), partitions))
+    await transport.ensure_topics(topics)
+    return name
+
+
+async def join(transport: Transport, topic: str, handler: Any, group: str | None = None, *,
+               retry: RetryConfig = FAST_RETRY, start_from: StartFrom = "earliest") -> Subscription:
+    sub = await transport.subscribe(topic, group or unique("group"), handler, retry=retry, start_from=start_from)
+    await sub.wait_joined(30)
+    return sub
+
+
+def key_on(partition: int, partitions: int) -> bytes:
+    """A key the default partitioner puts on `partition`."""
+    return next(k for i in itertools.count() if partition_for(k := f"key-{i}".encode(), partitions,
+                                                               itertools.count()) == partition)
+
+
+async def test_records_of_one_key_are_handled_in_publish_order(transport: Transport) -> None:
+    topic = await new_topic(transport, 3)
+    published = [(f"customer-{i % 4}".encode(), str(i).encode()) for i in range(40)]
+    for key, value in published:
+        await transport.publish(topic, value, key=key)
+    got = Collector()
+    await join(transport, topic, got)
+    await eventually(lambda: len(got.records) == 40, what="40 records")
+    for key in {k for k, _ in published}:
+        mine = [r for r in got.records if r.key == key]
+        assert [r.value for r in mine] == [v for k, v in published if k == key]
+        assert len({r.partition for r in mine}) == 1
+    for partition in range(3):
+        offsets = [r.offset for r in got.records if r.partition == partition]
+        assert offsets == list(range(len(offsets)))
+
+
+async def test_a_key_lands_on_the_same_partition_on_every_transport(transport: Transport) -> None:
+    topic = await new_topic(transport, 5)
+    for i in range(30):
+        key = f"order-{i}".encode()
+        landed = await transport.publish(topic, b"{}", key=key)
+        assert landed.topic == topic
+        assert landed.partition == partition_for(key, 5, itertools.count())
+
+
+async def test_every_group_gets_every_event(transport: Transport) -> None:
+    topic = await new_topic(transport, 3)
+    billing, email = Collector(), Collector()
+    await join(transport, topic, billing)
+    await join(transport, topic, email)
+    for i in range(20):
+        await transport.publish(topic, str(i).encode(), key=str(i).encode())
+    await eventually(lambda: len(billing.records) == 20 and len(email.records) == 20, what="20 records per group")
+    assert sorted(billing.values) == sorted(email.values) == sorted(str(i).encode() for i in range(20))
+
+
+async def test_partitions_are_split_between_the_members_of_a_group(transport: Transport) -> None:
+    topic = await new_topic(transport, 4)
+    group = unique("group")
+    first, second = Collector(), Collector()
+    a = await join(transport, topic, first, group)
+    b = await join(transport, topic, second, group)
+
+    def split() -> bool:
+        mine, theirs = a.assigned_partitions, b.assigned_partitions
+        return bool(mine and theirs and mine | theirs == {0, 1, 2, 3} and not mine & theirs)
+
+    await eventually(split, what="the 4 partitions split between the 2 members")
+    for i in range(40):
+        await transport.publish(topic, str(i).encode(), key=f"k{i}".encode())
+    await eventually(lambda: len(first.records) + len(second.records) == 40, what="40 records")
+    assert first.records and second.records
+    assert {r.partition for r in first.records}.isdisjoint({r.partition for r in second.records})
+    assert sorted(first.values + second.values) == sorted(str(i).encode() for i in range(40))
+
+
+async def test_partitions_of_one_member_are_handled_concurrently(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    second_handled = asyncio.Event()
+    steps: list[str] = []
+
+    async def handler(record: Record) -> None:
+        if record.partition == 0:
+            steps.append("slow-start")
+            await asyncio.wait_for(second_handled.wait(), 20)
+            steps.append("slow-end")
+        else:
+            steps.append("other")
+            second_handled.set()
+
+    await join(transport, topic, handler)
+    await transport.publish(topic, b"slow", key=key_on(0, 2))
+    await eventually(lambda: steps == ["slow-start"], what="the slow handler to start")
+    await transport.publish(topic, b"other", key=key_on(1, 2))
+    await eventually(lambda: len(steps) == 3, what="both records")
+    assert steps == ["slow-start", "other", "slow-end"]
+
+
+async def test_a_failed_handler_is_retried_and_its_record_neither_lost_nor_skipped(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    failed = False
+
+    async def fail_once_on_2(record: Record) -> None:
+        nonlocal failed
+        if record.value == b"2" and not failed:
+            failed = True
+            raise ConnectionError("database restarting")
+
+    got = Collector(fail_once_on_2)
+    for i in range(5):
+        await transport.publish(topic, str(i).encode())
+    await join(transport, topic, got)
+    await eventually(lambda: got.values[-1:] == [b"4"], what="the last record")
+    assert got.values == [b"0", b"1", b"2", b"2", b"3", b"4"]
+
+
+async def test_the_offset_of_an_unfinished_record_is_not_committed(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    group = unique("group")
+    for i in range(5):
+        await transport.publish(topic, str(i).encode())
+
+    async def stuck_on_2(record: Record) -> None:
+        if record.value == b"2":
+            raise RetryLater("payment provider down")
+
+    first = Collector(stuck_on_2)
+    sub = await join(transport, topic, first, group)
+    await eventually(lambda: first.values[-2:] == [b"2", b"2"], what="record 2 being retried")
+    await sub.stop(grace_period=5)
+    [info] = await transport.describe([topic])
+    assert [p.committed for p in info.groups[group]] == [2]
+
+    second = Collector()
+    await join(transport, topic, second, group)
+    await eventually(lambda: len(second.records) == 3, what="records 2-4 for the next member")
+    assert second.values == [b"2", b"3", b"4"]
+
+
+async def read_all(transport: Transport, topic: str, count: int) -> list[Record]:
+    reader = Collector()
+    sub = await join(transport, topic, reader)
+    await eventually(lambda: len(reader.records) >= count, what=f"{count} record(s) on {topic}")
+    await sub.stop(grace_period=5)
+    return reader.records
+
+
+async def test_a_record_that_keeps_failing_is_dead_lettered_and_its_partition_moves_on(transport: Transport) -> None:
+    topic = await new_topic(transport, 1, dead_letters=True)
+    group = unique("group")
+    attempts = 0
+
+    async def reject_bad(record: Record) -> None:
+        nonlocal attempts
+        if record.value == b"bad":
+            attempts += 1
+            raise ValueError("amount must be positive")
+
+    got = Collector(reject_bad)
+    await transport.publish(topic, b"good-1", key=b"order-1")
+    await transport.publish(topic, b"bad", key=b"order-2", headers=(("meshrun-trace-id", b"trace-2"),))
+    await transport.publish(topic, b"good-2", key=b"order-3")
+    await join(transport, topic, got, group, retry=RetryConfig(max_attempts=3, backoff_initial=0.01))
+    await eventually(lambda: got.values[-1:] == [b"good-2"], what="the record after the bad one")
+    assert attempts == 3
+    assert got.values == [b"good-1", b"bad", b"bad", b"bad", b"good-2"]
+
+    [dead] = await read_all(transport, dead_letter_topic(topic), 1)
+    assert (dead.value, dead.key) == (b"bad", b"order-2")
+    assert dead.header("meshrun-trace-id") == b"trace-2"
+    assert dead.header("meshrun-dlq-group") == group.encode()
+    assert dead.header("meshrun-dlq-error") == b"ValueError: amount must be positive"
+    assert dead.header("meshrun-dlq-attempts") == b"3"
+    assert dead.header("meshrun-dlq-topic") == topic.encode()
+    assert (dead.header("meshrun-dlq-partition"), dead.header("meshrun-dlq-offset")) == (b"0", b"1")
+
+    async def all_committed() -> bool:
+        [info] = await transport.describe([topic])
+        return [p.committed for p in info.groups[group]] == [3]
+
+    await eventually(all_committed, what="the offset after the dead-lettered record to be committed")
+
+
+async def test_a_poison_event_is_dead_lettered_at_once(transport: Transport) -> None:
+    topic = await new_topic(transport, 2, dead_letters=True)
+    calls = 0
+
+    async def undecodable(record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        raise PoisonEvent("not JSON")
+
+    await join(transport, topic, undecodable)
+    await transport.publish(topic, b"\xff", key=b"k")
+    [dead] = await read_all(transport, dead_letter_topic(topic), 1)
+    assert dead.value == b"\xff"
+    assert dead.header("meshrun-dlq-attempts") == b"1"
+    assert dead.header("meshrun-dlq-error") == b"PoisonEvent: not JSON"
+    assert calls == 1
+
+
+async def test_retry_later_is_retried_beyond_max_attempts_until_it_succeeds(transport: Transport) -> None:
+    topic = await new_topic(transport, 1, dead_letters=True)
+    calls = 0
+
+    async def dependency_down_five_times(record: Record) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise RetryLater("inventory service unavailable")
+
+    got = Collector(dependency_down_five_times)
+    await join(transport, topic, got, retry=RetryConfig(max_attempts=2, backoff_initial=0.01, backoff_max=0.02))
+    await transport.publish(topic, b"reserve")
+    await eventually(lambda: calls == 6, what="the sixth call")
+    assert got.values == [b"reserve"] * 6
+    # Nothing was dead-lettered: a group that reads the dead-letter topic finds it empty.
+    reader = unique("group")
+    await (await join(transport, dead_letter_topic(topic), Collector(), reader)).stop(grace_period=5)
+    [dlq] = await transport.describe([dead_letter_topic(topic)])
+    assert [p.log_end for p in dlq.groups[reader]] == [0]
+
+
+async def test_reset_to_earliest_replays_every_event(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    group = unique("group")
+    for i in range(10):
+        await transport.publish(topic, str(i).encode(), key=str(i).encode())
+    first = Collector()
+    sub = await join(transport, topic, first, group)
+    await eventually(lambda: len(first.records) == 10, what="10 records")
+    await sub.stop(grace_period=5)
+
+    assert await transport.reset_offsets(group, topic, "earliest") == {0: 0, 1: 0}
+    again = Collector()
+    await join(transport, topic, again, group)
+    await eventually(lambda: len(again.records) == 10, what="the 10 records again")
+    assert sorted(again.values) == sorted(first.values)
+
+
+async def test_reset_to_a_time_replays_what_was_published_since(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    group = unique("group")
+    for i in range(3):
+        await transport.publish(topic, f"old-{i}".encode())
+    # Record timestamps have millisecond precision: let the clock move past the old records' millisecond.
+    last_old = time.time()
+    await eventually(lambda: time.time() - last_old > 0.003, what="the clock to move on")
+    since = datetime.now(timezone.utc)
+    for i in range(2):
+        await transport.publish(topic, f"new-{i}".encode())
+    first = Collector()
+    sub = await join(transport, topic, first, group)
+    await eventually(lambda: len(first.records) == 5, what="5 records")
+    await sub.stop(grace_period=5)
+
+    assert await transport.reset_offsets(group, topic, since) == {0: 3}
+    again = Collector()
+    await join(transport, topic, again, group)
+    await eventually(lambda: len(again.records) == 2, what="the 2 newer records")
+    assert again.values == [b"new-0", b"new-1"]
+
+
+async def test_reset_is_refused_while_the_group_has_live_members(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    group = unique("group")
+    sub = await join(transport, topic, Collector(), group)
+    with pytest.raises(GroupHasLiveMembers, match=group):
+        await transport.reset_offsets(group, topic, "earliest")
+    await sub.stop(grace_period=5)
+    assert await transport.reset_offsets(group, topic, "latest") == {0: 0}
+
+
+async def test_a_new_group_starting_from_latest_sees_only_newer_events(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    for i in range(5):
+        await transport.publish(topic, f"old-{i}".encode())
+    got = Collector()
+    await join(transport, topic, got, start_from="latest")
+    for i in range(3):
+        await transport.publish(topic, f"new-{i}".encode())
+    await eventually(lambda: len(got.records) >= 3, what="3 new records")
+    assert got.values == [b"new-0", b"new-1", b"new-2"]
+
+
+async def test_a_stopped_member_commits_and_the_next_one_continues_without_duplicates(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    group = unique("group")
+    for i in range(40):
+        await transport.publish(topic, str(i).encode(), key=f"k{i}".encode())
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def pause_at_ten(record: Record) -> None:
+        if len(first.records) == 10:
+            reached.set()
+            await release.wait()  # in flight while the member stops: it must finish and be committed
+
+    first = Collector(pause_at_ten)
+    sub = await join(transport, topic, first, group)
+    await asyncio.wait_for(reached.wait(), 30)
+    stopping = asyncio.create_task(sub.stop(grace_period=10))
+    await eventually(lambda: sub.state.value == "stopping", what="the member to start stopping")
+    release.set()
+    await stopping
+
+    second = Collector()
+    await join(transport, topic, second, group)
+    await eventually(lambda: len(first.records) + len(second.records) == 40, what="all 40 records")
+    assert sorted(first.values + second.values) == sorted(str(i).encode() for i in range(40))
+    assert Counter(first.values + second.values).most_common(1)[0][1] == 1
+
+
+async def test_describe_shows_each_groups_committed_offsets_and_lag(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    group = unique("group")
+    keys = [key_on(0, 2)] * 4 + [key_on(1, 2)] * 2
+    for key in keys:
+        await transport.publish(topic, b"before", key=key)
+    got = Collector()
+    sub = await join(transport, topic, got, group)
+    await eventually(lambda: len(got.records) == 6, what="6 records")
+    await sub.stop(grace_period=5)
+    for key in [key_on(0, 2)] * 1 + [key_on(1, 2)] * 3:
+        await transport.publish(topic, b"after", key=key)
+
+    [info] = await transport.describe([topic])
+    assert (info.name, info.partitions) == (topic, 2)
+    lags = info.groups[group]
+    assert [(p.partition, p.log_start, p.log_end, p.committed, p.lag) for p in lags] == [
+        (0, 0, 5, 4, 1),
+        (1, 0, 5, 2, 3),
+    ]
+    assert topic in {i.name for i in await transport.describe()}
+
+
+async def test_unknown_topics_are_refused(transport: Transport) -> None:
+    missing = unique("undeclared")
+    with pytest.raises(UnknownTopic, match=missing):
+        await transport.publish(missing, b"{}")
+    with pytest.raises(UnknownTopic, match=missing):
+        await transport.subscribe(missing, unique("group"), Collector(), retry=FAST_RETRY)
+    with pytest.raises(UnknownTopic, match=missing):
+        await transport.describe([missing])
+
+
+async def test_a_topic_declared_with_another_partition_count_is_refused(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    await transport.ensure_topics([TopicConfig(topic, 2)])  # the same declaration again is fine
+    with pytest.raises(TransportStateError, match="exists with 2 partitions, configured with 3"):
+        await transport.ensure_topics([TopicConfig(topic, 3)])
