@@ -79,3 +79,18 @@ class BrokerUnavailable(MeshrunError):
             f"cannot reach Kafka at {bootstrap_servers} ({detail}): start a local broker with `scripts/kafka start`, "
             "or point [transport.kafka] bootstrap_servers (env MESHRUN_KAFKA_BOOTSTRAP_SERVERS) at your cluster"
         )
+
+
+class KeyStoreError(MeshrunError):
+    """The signing keys directory cannot be used (unreadable, a broken key file, wrong permissions)."""
+
+
+class TokenRequestFailed(MeshrunError):
+    """The authorization server refused a token request, or could not be reached; says which and why."""
+
+    def __init__(self, message: str, *, error: str | None = None, description: str | None = None,
+                 status: int | None = None) -> None:
+        self.error = error
+        self.description = description
+        self.status = status
+        super().__init__(message)
