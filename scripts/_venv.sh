@@ -13,8 +13,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
+  echo "meshrun: installing into $VENV (first run only)..." >&2
+  pip_log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e "$ROOT[$extras]"; } \
+      >"$pip_log" 2>&1; then
+    tail -n 30 "$pip_log" >&2
+    echo "meshrun: installing the Python packages failed (full log: $pip_log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
