@@ -30,7 +30,7 @@ from meshrun.transport.base import (
     Transport,
 )
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
-from meshrun.transport.kafka_options import KafkaClientOptions, start_client
+from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
 from meshrun.transport.kafka_subscription import KafkaSubscription
 from meshrun.transport.memory import partition_for
 
@@ -62,6 +62,7 @@ class KafkaTransport(Transport):
         self._partitions: dict[str, int] = {}
         self._subscriptions: set[KafkaSubscription] = set()
         self._member_ids = itertools.count(1)
+        quiet_repeated_aiokafka_logs()
 
     async def start(self) -> None:
         if self._producer is not None:

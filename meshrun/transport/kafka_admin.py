@@ -25,7 +25,7 @@ _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
 
 
-class _DescribeGroupsV2(Request[DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]):
+class _DescribeGroupsV2(Request[DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]):  # type: ignore[misc]
     """DescribeGroups capped at version 2.
 
     aiokafka 0.14 decodes the v3+ reply with the v2 schema, which fails against Kafka 4.x ("Buffer underrun
@@ -148,12 +148,21 @@ class KafkaAdmin:
                                                                             dict[TopicPartition, int]]:
         """(log start offsets, log end offsets) of the partitions."""
         consumer = await self._offsets_consumer()
+        await self._track_topics(consumer, partitions)
         starts, ends = await asyncio.gather(consumer.beginning_offsets(partitions), consumer.end_offsets(partitions))
         return starts, ends
+
+    @staticmethod
+    async def _track_topics(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Fetch the metadata of every topic asked about in one request. Otherwise aiokafka learns them one
+        unknown topic per retry, 100 ms apart: 10 s for `meshrun topics` on a cluster of 200 topics."""
+        client = consumer._client
+        await asyncio.gather(*(client.add_topic(t) for t in {tp.topic for tp in partitions}))
 
     async def offsets_at(self, partitions: list[TopicPartition], timestamp_ms: int) -> dict[TopicPartition, int]:
         """Per partition, the first offset whose record is at or after `timestamp_ms` (the log end if none is)."""
         consumer = await self._offsets_consumer()
+        await self._track_topics(consumer, partitions)
         found = await consumer.offsets_for_times({tp: timestamp_ms for tp in partitions})
         ends = await consumer.end_offsets(partitions)
         return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions}
@@ -171,7 +180,7 @@ class KafkaAdmin:
     async def all_committed_offsets(self) -> dict[str, dict[TopicPartition, int]]:
         names = await self.group_names()
         offsets = await asyncio.gather(*(self.committed_offsets(g) for g in names))
-        return dict(zip(names, offsets))
+        return dict(zip(names, offsets, strict=True))
 
     async def live_members(self, group: str) -> int:
         """How many consumers are members of `group` right now (0 for an unknown or empty group)."""

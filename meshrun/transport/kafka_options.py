@@ -5,6 +5,7 @@ Not a second configuration layer: `meshrun.config` validates the keys; this modu
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -87,8 +88,10 @@ def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext | None:
         raise MeshrunError(f"transport.kafka: {', '.join(sorted(files))} given but security_protocol is {protocol}; "
                            "set security_protocol = \"SSL\" (or \"SASL_SSL\") to use TLS")
     try:
-        return create_ssl_context(cafile=files.get("ssl_cafile"), certfile=files.get("ssl_certfile"),
-                                  keyfile=files.get("ssl_keyfile"))
+        context: ssl.SSLContext = create_ssl_context(cafile=files.get("ssl_cafile"),
+                                                     certfile=files.get("ssl_certfile"),
+                                                     keyfile=files.get("ssl_keyfile"))
+        return context
     except (OSError, ssl.SSLError) as exc:
         raise MeshrunError(f"transport.kafka: cannot load the TLS files {files}: {exc}") from None
 
@@ -113,3 +116,41 @@ async def start_client(client: Startable, what: str, options: KafkaClientOptions
                         error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class _RepeatedLogFilter(logging.Filter):
+    """Lets one of each aiokafka message template through per interval and counts the rest.
+
+    While a broker is down aiokafka logs every reconnect attempt (10 a second, at ERROR): the first line says what
+    is wrong, the next ones only bury the service's own logs.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        template = str(record.msg)
+        last, suppressed = self._last.get(template, (0.0, 0))
+        if now - last < self.interval:
+            self._last[template] = (last, suppressed + 1)
+            return False
+        self._last[template] = (now, 0)
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more like this in the last {now - last:.0f}s)"
+        return True
+
+
+def quiet_repeated_aiokafka_logs() -> None:
+    """Install the filter once per process on aiokafka's loggers (they log under `aiokafka.*`)."""
+    # A logger's filters do not apply to its children's records: name each module that logs failures.
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.admin.client",
+                 "aiokafka.consumer.consumer", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
+                 "aiokafka.producer.producer", "aiokafka.producer.sender"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RepeatedLogFilter) for f in logger.filters):
+            logger.addFilter(_RepeatedLogFilter())

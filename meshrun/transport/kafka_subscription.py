@@ -5,6 +5,7 @@ Not the retry policy (that is `delivery.deliver`) and not the producer (dead let
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Awaitable, Callable
@@ -162,8 +163,8 @@ class KafkaSubscription(Subscription):
                 batch = await self.consumer.getmany(timeout_ms=timeout_ms)
             except ConsumerStoppedError:
                 return
-            except KafkaError as exc:
-                # A broker restarting or briefly unreachable: aiokafka reconnects; wait and fetch again.
+            except Exception as exc:  # noqa: BLE001 - a consumer must outlive a broker restart or a bad reply
+                # aiokafka reconnects by itself; wait a little and fetch again.
                 log.warning("kafka_fetch_failed_retrying", error=repr(exc), retry_in=backoff, **self._where)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -183,17 +184,13 @@ class KafkaSubscription(Subscription):
 
     def _pause(self, worker: _PartitionWorker) -> None:
         """Stop fetching a partition whose handler is behind, so memory stays bounded."""
-        try:
+        with contextlib.suppress(IllegalStateError):  # revoked meanwhile
             self.consumer.pause(worker.tp)
             worker.paused = True
-        except IllegalStateError:  # revoked meanwhile
-            pass
 
     def resume(self, worker: _PartitionWorker) -> None:
-        try:
+        with contextlib.suppress(IllegalStateError):  # revoked meanwhile
             self.consumer.resume(worker.tp)
-        except IllegalStateError:
-            pass
         worker.paused = False
 
     async def commit(self, partitions: set[int] | None = None) -> None:
@@ -208,7 +205,7 @@ class KafkaSubscription(Subscription):
             if not offsets:
                 return
             try:
-                await asyncio.wait_for(self.consumer.commit(offsets), self.options.connect_timeout)
+                await asyncio.wait_for(self.consumer.commit(offsets), min(self.options.connect_timeout, 10.0))
             except CommitFailedError:
                 # The group rebalanced first: another member redelivers these records (at least once).
                 log.warning("kafka_commit_rejected_after_rebalance", offsets=_show(offsets), **self._where)
@@ -257,18 +254,16 @@ class KafkaSubscription(Subscription):
             try:
                 positions = await asyncio.gather(*(self.consumer.position(tp) for tp in tps))
                 async with self._commit_lock:
-                    await self.consumer.commit(dict(zip(tps, positions)))
-                for tp, position in zip(tps, positions):
+                    await self.consumer.commit(dict(zip(tps, positions, strict=True)))
+                for tp, position in zip(tps, positions, strict=True):
                     if tp.partition not in self._workers:
                         self._add_worker(tp.partition, position)
             except (KafkaError, IllegalStateError) as exc:
                 # Fetching resumes from the committed offsets anyway; workers then start at the first record.
                 log.warning("kafka_start_positions_not_committed", error=repr(exc), **self._where)
             finally:
-                try:
+                with contextlib.suppress(IllegalStateError):  # already revoked again
                     self.consumer.resume(*tps)
-                except IllegalStateError:  # already revoked again
-                    pass
         log.info("kafka_partitions_assigned", partitions=sorted(partitions), **self._where)
         self._state = SubscriptionState.ASSIGNED if self._state is SubscriptionState.JOINING else self._state
         self._joined.set()

@@ -1,0 +1,173 @@
+"""What only the Kafka transport has to get right: acknowledged publishes, rebalances between members, the broker's
+own view of topics and groups, and a broker that is not there."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import NewTopic
+
+from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
+from meshrun.errors import BrokerUnavailable, MeshrunError, TopicPartitionMismatch, TransportStateError
+from meshrun.transport.base import Record
+from meshrun.transport.kafka import KafkaTransport
+from tests.kafka.broker import eventually, kafka_transport, unique
+
+pytestmark = pytest.mark.kafka
+
+RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
+
+
+async def test_publish_returns_once_acknowledged_and_the_record_is_readable(kafka: KafkaTransport,
+                                                                             bootstrap: str) -> None:
+    topic = unique("acked")
+    await kafka.ensure_topics([TopicConfig(topic, 3)])
+    landed = await kafka.publish(topic, b'{"order_id": 7}', key=b"order-7", headers=(("meshrun-event-id", b"e-7"),))
+
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        tp = TopicPartition(topic, landed.partition)
+        # Acknowledged with acks=all: the record is below the high watermark, readable by every consumer now.
+        assert (await reader.end_offsets([tp]))[tp] == landed.offset + 1
+        reader.assign([tp])
+        reader.seek(tp, landed.offset)
+        message = await asyncio.wait_for(reader.getone(), 10)
+    finally:
+        await reader.stop()
+    assert (message.key, message.value) == (b"order-7", b'{"order_id": 7}')
+    assert list(message.headers) == [("meshrun-event-id", b"e-7")]
+
+
+async def test_concurrent_publishes_each_get_their_own_acknowledgement(kafka: KafkaTransport) -> None:
+    topic = unique("concurrent")
+    await kafka.ensure_topics([TopicConfig(topic, 3)])
+    landed = await asyncio.gather(*(kafka.publish(topic, str(i).encode(), key=f"k{i % 7}".encode())
+                                    for i in range(300)))
+    for partition in range(3):
+        offsets = sorted(r.offset for r in landed if r.partition == partition)
+        assert offsets == list(range(len(offsets)))  # each record written once, none lost
+    assert sum(1 for _ in landed) == 300
+
+
+async def test_an_existing_topic_with_another_partition_count_is_a_clear_error(kafka: KafkaTransport) -> None:
+    topic = unique("mismatch")
+    await kafka._admin.admin.create_topics([NewTopic(topic, 2, 1)])
+    with pytest.raises(TopicPartitionMismatch) as raised:
+        await kafka.ensure_topics([TopicConfig(topic, 3)])
+    assert (raised.value.existing, raised.value.configured) == (2, 3)
+    assert f"set [topics.{topic}] partitions = 2" in str(raised.value)
+    await kafka.ensure_topics([TopicConfig(topic, 2)])
+
+
+async def test_a_replication_factor_the_cluster_cannot_reach_is_a_clear_error(kafka: KafkaTransport) -> None:
+    topic = unique("replicated")
+    with pytest.raises(TransportStateError, match=f"cannot create topic '{topic}'.*replication factor of 3"):
+        await kafka.ensure_topics([TopicConfig(topic, 1, replication_factor=3)])
+
+
+async def test_members_joining_and_leaving_hand_partitions_over_without_loss_or_duplicates(
+        kafka: KafkaTransport) -> None:
+    topic = unique("rebalance")
+    group = unique("group")
+    await kafka.ensure_topics([TopicConfig(topic, 4)])
+    handled: Counter[bytes] = Counter()
+    by_member: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    def member(name: str):  # type: ignore[no-untyped-def]
+        async def handle(record: Record) -> None:
+            handled[record.value] += 1
+            by_member[name].append(record.value)
+            await asyncio.sleep(0.002)  # slow enough that rebalances happen with handlers in flight
+
+        return handle
+
+    a = await kafka.subscribe(topic, group, member("a"), retry=RETRY, member="a")
+    await a.wait_joined(30)
+
+    async def publish_all() -> None:
+        for i in range(300):
+            await kafka.publish(topic, str(i).encode(), key=f"k{i}".encode())
+
+    publishing = asyncio.create_task(publish_all())
+    await eventually(lambda: len(handled) >= 50, what="member a to handle 50 records")
+    b = await kafka.subscribe(topic, group, member("b"), retry=RETRY, member="b")
+    await eventually(lambda: a.assigned_partitions and b.assigned_partitions
+                     and a.assigned_partitions | b.assigned_partitions == {0, 1, 2, 3}, what="a split of 4")
+    await eventually(lambda: len(by_member["b"]) >= 20, what="member b to handle records")
+    await a.stop(grace_period=10)
+    await eventually(lambda: b.assigned_partitions == {0, 1, 2, 3}, what="b to take over every partition")
+    await publishing
+    await eventually(lambda: len(handled) == 300, what="all 300 records")
+    await b.stop(grace_period=10)
+
+    assert set(handled) == {str(i).encode() for i in range(300)}
+    doubled = [v for v, n in handled.items() if n > 1]
+    assert doubled == []
+    assert by_member["a"] and by_member["b"]
+
+
+async def test_live_members_are_read_from_the_broker(kafka: KafkaTransport) -> None:
+    topic = unique("members")
+    group = unique("group")
+    await kafka.ensure_topics([TopicConfig(topic, 2)])
+
+    async def ignore(record: Record) -> None:
+        pass
+
+    subs = [await kafka.subscribe(topic, group, ignore, retry=RETRY) for _ in range(2)]
+    for sub in subs:
+        await sub.wait_joined(30)
+
+    async def members_now() -> int:
+        return await kafka._admin.live_members(group)
+
+    await eventually(lambda: _is(members_now(), 2), what="the broker to report 2 members")
+    for sub in subs:
+        await sub.stop(grace_period=5)
+    assert await members_now() == 0
+    assert await kafka._admin.live_members(unique("never-seen")) == 0
+
+
+async def _is(count: "asyncio.Future[int] | Any", expected: int) -> bool:
+    return bool(await count == expected)
+
+
+async def test_start_without_a_reachable_broker_says_what_to_do() -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    transport = KafkaTransport(KafkaTransportConfig(f"127.0.0.1:{port}", {"request_timeout_ms": 1500}))
+    with pytest.raises(BrokerUnavailable, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ .*scripts/kafka start"):
+        await transport.start()
+    await transport.stop()
+
+
+async def test_a_transport_that_was_not_started_refuses_work_with_a_clear_error(bootstrap: str) -> None:
+    transport = kafka_transport(bootstrap)
+    with pytest.raises(TransportStateError, match="call `await transport.start"):
+        await transport.publish("anything", b"{}")
+
+
+def test_unknown_options_are_refused_with_the_known_ones_listed() -> None:
+    with pytest.raises(MeshrunError, match="unknown option.*lingr_ms.*known: .*linger_ms"):
+        KafkaTransport(KafkaTransportConfig("127.0.0.1:9092", {"lingr_ms": 5}))
+
+
+def test_tls_files_without_a_tls_protocol_are_refused() -> None:
+    with pytest.raises(MeshrunError, match='security_protocol = "SSL"'):
+        KafkaTransport(KafkaTransportConfig("127.0.0.1:9092", {"ssl_cafile": "ca.pem"}))
+
+
+def test_the_partitioner_matches_the_in_memory_one_whatever_the_partition_order() -> None:
+    from meshrun.transport.kafka import _KeyPartitioner
+    from meshrun.transport.memory import partition_for
+
+    partitioner = _KeyPartitioner()
+    for i in range(50):
+        key = f"customer-{i}".encode()
+        assert partitioner(key, [3, 1, 0, 2], [2, 0]) == partition_for(key, 4, itertools.count())
