@@ -1,0 +1,147 @@
+"""Measurements beside the load: resident memory of processes, the token endpoint's rate, the cost of verifying a
+token, the machine tokens Notification fetched. Each probe reads; none changes the mesh.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS of a process in MB (None when it is gone or not readable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _listening_inodes(ports: set[int]) -> dict[str, int]:
+    """Socket inode -> port of the TCP sockets listening on one of `ports` (IPv4 and IPv6)."""
+    found: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if port in ports:
+                found[fields[9]] = port
+    return found
+
+
+def pids_listening(ports: set[int]) -> dict[int, list[int]]:
+    """pid -> the ports it listens on, for the processes of this user holding one of `ports` (via /proc)."""
+    inodes = _listening_inodes(ports)
+    owners: dict[int, list[int]] = {}
+    if not inodes:
+        return owners
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                owners.setdefault(int(entry), []).append(inodes[target[8:-1]])
+    return {pid: sorted(set(p)) for pid, p in owners.items()}
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as r:
+        r.raise_for_status()
+        return orjson.loads(await r.read())
+
+
+async def machine_tokens_fetched(http: aiohttp.ClientSession, notification_url: str) -> int | None:
+    """Machine tokens Notification fetched since it started, from its own GET /stats."""
+    try:
+        stats = await get_json(http, f"{notification_url}/stats")
+    except (TimeoutError, aiohttp.ClientError):
+        return None
+    value = stats.get("tokens_fetched")
+    return int(value) if isinstance(value, int) else None
+
+
+async def token_endpoint_rate(token_url: str, client_id: str, secret: str, *, seconds: float = 2.0,
+                              concurrency: int = 16, scope: str | None = None,
+                              resource: str | None = None) -> tuple[float, int, int]:
+    """client_credentials requests per second the token endpoint answers with 200 (client_secret_basic).
+
+    Returns (tokens per second, tokens issued, failures)."""
+    from meshrun.auth.token_source import basic_credentials
+
+    headers = {"Authorization": basic_credentials(client_id, secret), "Accept": "application/json"}
+    form = [("grant_type", "client_credentials")]
+    if scope:
+        form.append(("scope", scope))
+    if resource:
+        form.append(("resource", resource))
+    ok = failed = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async def one() -> bool:
+            try:
+                async with http.post(token_url, data=form, headers=headers) as r:
+                    body = await r.read()
+                    return r.status == 200 and b"access_token" in body
+            except (TimeoutError, aiohttp.ClientError):
+                return False
+
+        await one()  # connection set-up and first-request costs are not the endpoint's rate
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def worker() -> None:
+            nonlocal ok, failed
+            while time.perf_counter() < deadline:
+                if await one():
+                    ok += 1
+                else:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return round(ok / elapsed, 1), ok, failed
+
+
+def verification_cost(verifier: Any, token: str, scope: str, iterations: int = 20_000) -> dict[str, float]:
+    """Microseconds per verification of one user token on a resource server's verifier, measured in this process.
+
+    `amortised_us`: per request when the same token comes back (as a client's does until it expires);
+    `uncached_us`: a full check (signature, claims) every time; `first_us`: the very first verification.
+    """
+    verifier.forget()
+    started = time.perf_counter()
+    verifier.verify(token, scope)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(iterations):
+        verifier.verify(token, scope)
+    amortised = (time.perf_counter() - started) / iterations
+    full_runs = max(200, iterations // 50)
+    started = time.perf_counter()
+    for _ in range(full_runs):
+        verifier.forget()
+        verifier.verify(token, scope)
+    uncached = (time.perf_counter() - started) / full_runs
+    return {"amortised_us": round(amortised * 1e6, 3), "uncached_us": round(uncached * 1e6, 1),
+            "first_us": round(first * 1e6, 1), "iterations": iterations}

@@ -1,0 +1,319 @@
+"""The floor under `meshrun bench`: the order pipeline written without meshrun, run as its own process and ports.
+
+aiohttp in and out, plain asyncio queues (or aiokafka) between stages, a dict lookup for tokens, no logging. A
+yardstick to divide meshrun's figures by, not an example of how to write a service: it has no retries to speak of,
+no readiness beyond "consumers started", no shutdown grace.
+
+    python -m meshrun.bench.raw --transport memory --orders-port 18081 --users-port 18084
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import signal
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+PARTITIONS = 3
+GROUPS = ("inventory", "email", "analytics", "billing")
+INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")  # billing's, so invoice ids match
+DEFAULT_ITEMS = [{"sku": "DEMO-WIDGET", "quantity": 1, "unit_price": 1999}]
+Handle = Callable[[bytes], Awaitable[None]]
+
+
+def _json(body: Any, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+class Users:
+    """The bare notification recorder, answering the same GET /notifications and /stats as the User service."""
+
+    def __init__(self, machine_token: str) -> None:
+        self.allowed = {f"Bearer {machine_token}"}
+        self.store: dict[str, dict[str, Any]] = {}
+        self.listed: list[dict[str, Any]] = []
+        self.per_order: dict[str, int] = {}
+        self.duplicates = 0
+
+    async def notify(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") not in self.allowed:
+            return _json({"error": "invalid_token"}, 401)
+        data = orjson.loads(await request.read())
+        key = request.headers.get("Idempotency-Key") or data["invoice_id"]
+        if key in self.store:
+            self.duplicates += 1
+            return _json({"status": "duplicate"}, 200)
+        note = {"invoice_id": data["invoice_id"], "order_id": data["order_id"], "user": data["user"],
+                "received_at": time.time(), "seq": len(self.listed) + 1}
+        self.store[key] = note
+        self.listed.append(note)
+        self.per_order[note["order_id"]] = self.per_order.get(note["order_id"], 0) + 1
+        return _json({"status": "notified"}, 201)
+
+    async def notifications(self, request: web.Request) -> web.Response:
+        notes = self.listed[int(request.query.get("since", "0")):]
+        return _json({"count": len(notes), "notifications": notes}, 200)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json({"notifications": len(self.listed), "orders": len(self.per_order),
+                      "orders_notified_more_than_once": sum(1 for c in self.per_order.values() if c > 1),
+                      "duplicates_absorbed": self.duplicates}, 200)
+
+
+def invoice_of(order: dict[str, Any]) -> bytes:
+    """Billing's arithmetic: line amounts, subtotal, no tax, total; the same deterministic invoice id."""
+    amounts = [i["quantity"] * i["unit_price"] for i in order["items"]]
+    subtotal = sum(amounts)
+    return orjson.dumps({"invoice_id": "INV-" + uuid.uuid5(INVOICE_NAMESPACE, order["order_id"]).hex[:16].upper(),
+                         "order_id": order["order_id"], "customer": order["customer"],
+                         "currency": order["currency"], "subtotal": subtotal, "total": subtotal})
+
+
+class Pipeline:
+    """Orders in, invoices out, notifications posted: the stages, whatever carries records between them."""
+
+    def __init__(self, users_url: str, machine_token: str) -> None:
+        self.notify_url = f"{users_url}/notify-user"
+        self.machine_header = f"Bearer {machine_token}"
+        self.http: aiohttp.ClientSession | None = None
+        self.counted = {"orders": 0, "revenue": 0}
+
+    async def on_order(self, group: str, value: bytes) -> None:
+        order = orjson.loads(value)
+        if group == "billing":
+            await self.publish_invoice(invoice_of(order), order["order_id"].encode())
+        elif group == "analytics":
+            self.counted["orders"] += 1
+            self.counted["revenue"] += sum(i["quantity"] * i["unit_price"] for i in order["items"])
+
+    async def on_invoice(self, value: bytes) -> None:
+        invoice = orjson.loads(value)
+        body = orjson.dumps({"invoice_id": invoice["invoice_id"], "order_id": invoice["order_id"],
+                             "user": invoice["customer"], "total": invoice["total"],
+                             "currency": invoice["currency"]})
+        headers = {"Authorization": self.machine_header, "Content-Type": "application/json",
+                   "Idempotency-Key": invoice["invoice_id"]}
+        assert self.http is not None
+        while True:
+            try:
+                async with self.http.post(self.notify_url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+    async def publish_order(self, value: bytes, key: bytes) -> None:
+        raise NotImplementedError
+
+    async def publish_invoice(self, value: bytes, key: bytes) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30))
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
+class QueuePipeline(Pipeline):
+    """Plain asyncio queues: per group and per partition one queue and one consumer task, like a group member."""
+
+    def __init__(self, users_url: str, machine_token: str, maxsize: int = 10_000) -> None:
+        super().__init__(users_url, machine_token)
+        self.orders = {g: [asyncio.Queue[bytes](maxsize) for _ in range(PARTITIONS)] for g in GROUPS}
+        self.invoices = [asyncio.Queue[bytes](maxsize) for _ in range(PARTITIONS)]
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def publish_order(self, value: bytes, key: bytes) -> None:
+        p = zlib.crc32(key) % PARTITIONS
+        for queues in self.orders.values():
+            await queues[p].put(value)
+
+    async def publish_invoice(self, value: bytes, key: bytes) -> None:
+        await self.invoices[zlib.crc32(key) % PARTITIONS].put(value)
+
+    async def start(self) -> None:
+        await super().start()
+
+        async def consume(queue: asyncio.Queue[bytes], handle: Handle) -> None:
+            while True:
+                await handle(await queue.get())
+
+        for group, queues in self.orders.items():
+            for q in queues:
+                self.tasks.append(asyncio.create_task(consume(q, functools.partial(self.on_order, group))))
+        for q in self.invoices:
+            self.tasks.append(asyncio.create_task(consume(q, self.on_invoice)))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await super().stop()
+
+
+class KafkaPipeline(Pipeline):
+    """aiokafka: one idempotent producer (acks=all), one group consumer per stage committing after each batch."""
+
+    def __init__(self, users_url: str, machine_token: str, bootstrap: str) -> None:
+        super().__init__(users_url, machine_token)
+        self.bootstrap = bootstrap
+        run = uuid.uuid4().hex[:8]
+        self.order_topic, self.invoice_topic = f"bench-raw-{run}-orders", f"bench-raw-{run}-invoices"
+        self.groups = {f"bench-raw-{run}-{g}": (self.order_topic, g) for g in GROUPS}
+        self.groups[f"bench-raw-{run}-notification"] = (self.invoice_topic, "notification")
+        self.consumers: list[Any] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def publish_order(self, value: bytes, key: bytes) -> None:
+        await self.producer.send_and_wait(self.order_topic, value, key=key)
+
+    async def publish_invoice(self, value: bytes, key: bytes) -> None:
+        await self.producer.send_and_wait(self.invoice_topic, value, key=key)
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+        await super().start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in (self.order_topic, self.invoice_topic)])
+        finally:
+            await admin.close()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                         linger_ms=0)
+        await self.producer.start()
+        for group, (topic, stage) in self.groups.items():
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=group,
+                                        enable_auto_commit=False, auto_offset_reset="earliest")
+            await consumer.start()
+            self.consumers.append(consumer)
+            handle: Handle = (self.on_invoice if stage == "notification"
+                              else functools.partial(self.on_order, stage))
+            self.tasks.append(asyncio.create_task(self._consume(consumer, handle)))
+        while not all(len(c.assignment()) == PARTITIONS for c in self.consumers):
+            await asyncio.sleep(0.05)
+
+    async def _consume(self, consumer: Any, handle: Handle) -> None:
+        async def partition(records: list[Any]) -> None:
+            for record in records:
+                await handle(record.value)
+
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            if batches:
+                await asyncio.gather(*(partition(records) for records in batches.values()))
+                await consumer.commit()
+
+    async def stop(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self.consumers), return_exceptions=True)
+        await self.producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            await admin.start()
+            await admin.delete_topics([self.order_topic, self.invoice_topic])
+        except Exception as exc:  # noqa: BLE001 - leftover topics are harmless; the measurement is done
+            print(f"raw: could not delete {self.order_topic}, {self.invoice_topic}: {exc!r}", file=sys.stderr)
+        finally:
+            await admin.close()
+        await super().stop()
+
+
+def order_app(pipeline: Pipeline, user_tokens: dict[str, dict[str, Any]]) -> web.Application:
+    async def place(request: web.Request) -> web.Response:
+        claims = user_tokens.get(request.headers.get("Authorization", ""))
+        if claims is None:
+            return _json({"error": "invalid_token"}, 401)
+        order_id = request.match_info["order_id"]
+        body = await request.read()
+        data = orjson.loads(body) if body else {}
+        order = {"event_id": uuid.uuid4().hex, "order_id": order_id, "customer": claims["sub"],
+                 "items": data.get("items", DEFAULT_ITEMS), "currency": data.get("currency", "EUR")}
+        await pipeline.publish_order(orjson.dumps(order), order_id.encode())
+        return _json({"order_id": order_id, "event_id": order["event_id"], "status": "accepted"}, 202)
+
+    async def ready(request: web.Request) -> web.Response:
+        return _json({"status": "ready"}, 200)
+
+    app = web.Application()
+    app.router.add_post("/orders/{order_id}", place)
+    app.router.add_get("/ready", ready)
+    return app
+
+
+def users_app(users: Users) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/notify-user", users.notify)
+    app.router.add_get("/notifications", users.notifications)
+    app.router.add_get("/notifications/stats", users.stats)
+    app.router.add_get("/ready", users.stats)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    user_token = os.environ.get("MESHRUN_RAW_USER_TOKEN") or uuid.uuid4().hex
+    machine_token = uuid.uuid4().hex
+    users = Users(machine_token)
+    users_url = f"http://{args.host}:{args.users_port}"
+    pipeline: Pipeline = (KafkaPipeline(users_url, machine_token, args.bootstrap) if args.transport == "kafka"
+                          else QueuePipeline(users_url, machine_token))
+    runners = [web.AppRunner(users_app(users), access_log=None),
+               web.AppRunner(order_app(pipeline, {f"Bearer {user_token}": {"sub": "alice"}}), access_log=None)]
+    started = time.perf_counter()
+    for runner, port in zip(runners, (args.users_port, args.orders_port)):
+        await runner.setup()
+        await web.TCPSite(runner, args.host, port).start()
+    await pipeline.start()
+    sys.stdout.write(orjson.dumps({"event": "raw_ready", "seconds": round(time.perf_counter() - started, 3),
+                                   "transport": args.transport}).decode() + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for runner in reversed(runners):
+        await runner.cleanup()
+    await pipeline.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", choices=("memory", "kafka"), default="memory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--orders-port", type=int, required=True)
+    parser.add_argument("--users-port", type=int, required=True)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    args = parser.parse_args()
+    if os.environ.get("MESHRUN_UVLOOP", "1") != "0":  # the same event loop as `meshrun up`
+        try:
+            import uvloop
+
+            uvloop.run(serve(args))
+            return
+        except ImportError:
+            pass
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
