@@ -20,10 +20,10 @@ class ConfigError(MeshrunError):
 
 
 class PortInUse(MeshrunError):
-    def __init__(self, service: str, host: str, port: int) -> None:
+    def __init__(self, service: str, host: str, port: int, key: str | None = None) -> None:
         super().__init__(
             f"service {service!r} cannot listen on {host}:{port}: the port is already in use "
-            f"(is another meshrun running? change services.{service}.port or stop the other process)"
+            f"(is another meshrun running? change {key or f'services.{service}.port'} or stop the other process)"
         )
 
 
@@ -56,6 +56,21 @@ class SettingsError(MeshrunError):
         super().__init__("; ".join(problems))
 
 
+class KeyStoreError(MeshrunError):
+    """The signing keys directory cannot be used (unreadable, a broken key file, wrong permissions)."""
+
+
+class TokenRequestFailed(MeshrunError):
+    """The authorization server refused a token request, or could not be reached; says which and why."""
+
+    def __init__(self, message: str, *, error: str | None = None, description: str | None = None,
+                 status: int | None = None) -> None:
+        self.error = error
+        self.description = description
+        self.status = status
+        super().__init__(message)
+
+
 class TopicPartitionMismatch(TransportStateError):
     """A topic exists on the broker with another partition count than services.toml declares."""
 
@@ -79,18 +94,3 @@ class BrokerUnavailable(MeshrunError):
             f"cannot reach Kafka at {bootstrap_servers} ({detail}): start a local broker with `scripts/kafka start`, "
             "or point [transport.kafka] bootstrap_servers (env MESHRUN_KAFKA_BOOTSTRAP_SERVERS) at your cluster"
         )
-
-
-class KeyStoreError(MeshrunError):
-    """The signing keys directory cannot be used (unreadable, a broken key file, wrong permissions)."""
-
-
-class TokenRequestFailed(MeshrunError):
-    """The authorization server refused a token request, or could not be reached; says which and why."""
-
-    def __init__(self, message: str, *, error: str | None = None, description: str | None = None,
-                 status: int | None = None) -> None:
-        self.error = error
-        self.description = description
-        self.status = status
-        super().__init__(message)

@@ -144,7 +144,8 @@ class Mesh:
             await self.stop()
             raise
 
-    async def _serve(self, name: str, app: web.Application, port: int) -> tuple[web.AppRunner, int]:
+    async def _serve(self, name: str, app: web.Application, port: int,
+                     key: str | None = None) -> tuple[web.AppRunner, int]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.grace_period,
                                handle_signals=False)
         await runner.setup()
@@ -154,7 +155,7 @@ class Mesh:
         except OSError as exc:
             await runner.cleanup()
             if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(name, self.config.host, port) from None
+                raise PortInUse(name, self.config.host, port, key) from None
             raise
         sockets = getattr(site._server, "sockets", None) or []
         return runner, sockets[0].getsockname()[1] if sockets else port
@@ -167,7 +168,8 @@ class Mesh:
     async def _start_admin(self) -> None:
         from meshrun.http.admin import create_admin_app
 
-        self._admin, _ = await self._serve("mesh admin", create_admin_app(self), self.config.admin_port or 0)
+        self._admin, _ = await self._serve("mesh admin", create_admin_app(self), self.config.admin_port or 0,
+                                     "mesh.admin_port")
 
     async def _start_consumers(self, running: RunningService, topic: str | None = None) -> None:
         ls = running.loaded

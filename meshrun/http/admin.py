@@ -48,7 +48,7 @@ def create_admin_app(mesh: "Mesh") -> web.Application:
             offsets = await mesh.replay(group, topic, to)
         except MeshrunError as exc:
             return json_error(409, "replay_refused", str(exc))
-        return json_response({"group": group, "topic": topic, "offsets": offsets})
+        return json_response({"group": group, "topic": topic, "offsets": {str(p): o for p, o in offsets.items()}})
 
     app.router.add_get("/topics", topics)
     app.router.add_post("/replay", replay)

@@ -13,7 +13,8 @@ from aiohttp import web
 from meshrun.context import ServiceContext
 from meshrun.service import Route, Service
 
-CLAIMS = "meshrun.claims"
+# The verified token of a guarded request: request[CLAIMS].sub, .scope, .client_id
+CLAIMS: Any = web.RequestKey("meshrun.claims", object) if hasattr(web, "RequestKey") else "meshrun.claims"
 CONTEXT = web.AppKey("meshrun.context", ServiceContext)
 MAX_BODY = web.AppKey("meshrun.max_body_bytes", int)
 ReadinessProbe = Callable[[], Awaitable[list[str]]]
@@ -50,7 +51,8 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
                 response.headers[name] = exc.headers[name]
         return response
     except Exception:
-        request.app[CONTEXT].log.exception("request_failed", method=request.method, path=request.path)
+        ctx = request.app.get(CONTEXT)
+        (ctx.log if ctx is not None else log).exception("request_failed", method=request.method, path=request.path)
         return json_error(500, "internal_error", "the service failed to handle this request; see its log")
 
 
