@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 from meshrun.auth.issuer.errors import OAuthError, invalid_grant
 
-# A used code is remembered this long after it expired, so a late replay still revokes what it produced.
-USED_CODE_MEMORY = 600.0
+# A code is remembered this long after it expired: a late replay still revokes what it produced, and a late
+# exchange is told "expired" rather than "unknown".
+CODE_MEMORY = 600.0
 
 
 @dataclass
@@ -74,5 +75,4 @@ class AuthorizationCodes:
         if now < self._next_sweep:
             return
         self._next_sweep = now + 60.0
-        self._codes = {d: c for d, c in self._codes.items()
-                       if now < c.expires_at + (USED_CODE_MEMORY if c.used else 0)}
+        self._codes = {d: c for d, c in self._codes.items() if now < c.expires_at + CODE_MEMORY}
