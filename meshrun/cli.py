@@ -108,14 +108,11 @@ def check(config_path: str, transport: str | None, only: str | None, exclude: st
     except MeshrunError as exc:
         fail(exc)
     click.echo(f"{config.file}: ok, transport {config.transport}")
+    click.echo(f"  {'service':<14}{'port':<7}{'group':<23}{'consumes':<18}publishes")
     for ls in loaded:
-        parts = [f"{ls.name:<13}"]
-        parts.append(f"port {ls.config.port}" if ls.config.port is not None else "no http")
-        if ls.service.subscribers:
-            parts.append(f"group {ls.config.group} x{ls.config.replicas} <- {', '.join(ls.topics)}")
-        if ls.service.publishes:
-            parts.append(f"-> {', '.join(sorted(ls.service.publishes))}")
-        click.echo("  " + ", ".join(parts))
+        group = f"{ls.config.group} x{ls.config.replicas}" if ls.service.subscribers else "-"
+        click.echo(f"  {ls.name:<14}{ls.config.port if ls.config.port is not None else '-'!s:<7}{group:<23}"
+                   f"{', '.join(ls.topics) or '-':<18}{', '.join(sorted(ls.service.publishes)) or '-'}")
     for topic in config.topics.values():
         click.echo(f"  topic {topic.name}: {topic.partitions} partition(s), replication {topic.replication_factor}")
 
