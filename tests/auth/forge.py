@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
-from joserfc.jwk import RSAKey
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from joserfc.jwk import ECKey, RSAKey
 
 from meshrun.auth.keys import KeyStore, SigningKey
 
@@ -37,16 +38,20 @@ def signing_key(keys_dir: Path) -> SigningKey:
     return KeyStore(keys_dir).load()[-1]
 
 
-def _rs256(private_key: Any, header: dict[str, Any], payload: dict[str, Any]) -> str:
+def _signed(private_key: Any, header: dict[str, Any], payload: dict[str, Any]) -> str:
     """Signed with `cryptography` directly: any header goes, whatever a JOSE library would refuse to write."""
-    signing_input = f"{segment(header)}.{segment(payload)}"
-    signature = private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input}.{b64(signature)}"
+    signing_input = f"{segment(header)}.{segment(payload)}".encode()
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(private_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS wants r || s, not DER
+    else:
+        signature = private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input.decode()}.{b64(signature)}"
 
 
 def sign(key: SigningKey, payload: dict[str, Any], **header: Any) -> str:
     """A token signed with the issuer's real key (so only the claims or header are wrong)."""
-    return _rs256(key.key.private_key, {"alg": "RS256", "typ": "at+jwt", "kid": key.kid, **header}, payload)
+    return _signed(key.key.private_key, {"alg": key.alg, "typ": "at+jwt", "kid": key.kid, **header}, payload)
 
 
 def hs256_with_public_key(key: SigningKey, payload: dict[str, Any]) -> str:
@@ -57,9 +62,10 @@ def hs256_with_public_key(key: SigningKey, payload: dict[str, Any]) -> str:
     return f"{signing_input}.{b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())}"
 
 
-def attacker_key() -> RSAKey:
-    return RSAKey.generate_key(2048, private=True)
+def attacker_key(alg: str = "ES256") -> RSAKey | ECKey:
+    return RSAKey.generate_key(2048, private=True) if alg == "RS256" else ECKey.generate_key("P-256", private=True)
 
 
-def sign_with(attacker: RSAKey, payload: dict[str, Any], **header: Any) -> str:
-    return _rs256(attacker.private_key, {"alg": "RS256", "typ": "at+jwt", **header}, payload)
+def sign_with(attacker: RSAKey | ECKey, payload: dict[str, Any], **header: Any) -> str:
+    alg = "RS256" if isinstance(attacker, RSAKey) else "ES256"
+    return _signed(attacker.private_key, {"alg": alg, "typ": "at+jwt", **header}, payload)

@@ -66,7 +66,7 @@ def _attacks() -> list[tuple[str, Forger, str]]:
     def ok(auth: AuthMesh, **overrides: Any) -> dict[str, Any]:
         return forge.claims(auth.issuer, **overrides)
 
-    attacker = forge.attacker_key()
+    attacker, rsa_attacker = forge.attacker_key(), forge.attacker_key("RS256")
     now = int(time.time())
     return [
         ("alg none", lambda a: f"{forge.segment({'alg': 'none', 'typ': 'at+jwt', 'kid': real(a).kid})}."
@@ -77,6 +77,8 @@ def _attacks() -> list[tuple[str, Forger, str]]:
         ("unknown kid", lambda a: forge.sign_with(attacker, ok(a), kid="attacker-key"), "does not contain"),
         ("our kid, attacker's signature", lambda a: forge.sign_with(attacker, ok(a), kid=real(a).kid),
          "signature does not verify"),
+        ("our kid, another algorithm", lambda a: forge.sign_with(rsa_attacker, ok(a), kid=real(a).kid),
+         "not allowed"),
         ("jku pointing elsewhere", lambda a: forge.sign_with(attacker, ok(a), kid="k", jku="http://evil.example/jwks"),
          "jku"),
         ("x5u pointing elsewhere", lambda a: forge.sign_with(attacker, ok(a), kid="k", x5u="http://evil.example/c"),
@@ -123,6 +125,17 @@ async def test_attack_tokens_are_refused_with_401_invalid_token(auth: AuthMesh, 
     assert body["error"] == "invalid_token" and reason in body["error_description"], body
 
 
+async def test_an_rs256_issuers_public_key_is_no_hmac_secret(start_mesh: Any) -> None:
+    auth = await start_mesh(signing_alg="RS256")
+    key = forge.signing_key(auth.tmp_path / "keys")
+    assert key.alg == "RS256"
+    status, _, body = await auth.call("orders-api", "POST", "/orders",
+                                      forge.hs256_with_public_key(key, forge.claims(auth.issuer)))
+    assert status == 401 and "not allowed" in body["error_description"]
+    status, _, _ = await auth.call("orders-api", "POST", "/orders", forge.sign(key, forge.claims(auth.issuer)))
+    assert status == 201
+
+
 async def test_a_forged_token_with_the_real_key_passes_so_the_table_tests_what_it_says(auth: AuthMesh) -> None:
     token = forge.sign(forge.signing_key(auth.tmp_path / "keys"), forge.claims(auth.issuer))
     status, _, body = await auth.call("orders-api", "POST", "/orders", token)
@@ -154,7 +167,7 @@ async def test_key_rotation_reaches_a_running_resource_server_without_restart(au
     guard = auth.guard("users-api")
     fetches = guard.jwks.fetches
 
-    new_key, deleted = rotate(KeyStore(auth.tmp_path / "keys"), "RS256", 300 + 60)
+    new_key, deleted = rotate(KeyStore(auth.tmp_path / "keys"), "ES256", 300 + 60)
     assert deleted == []
     await wait_for_kid(auth, new_key.kid)
     new_token = (await auth.client_token())["access_token"]

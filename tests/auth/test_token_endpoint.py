@@ -19,7 +19,7 @@ async def test_client_credentials_with_basic_auth_issues_an_rfc9068_access_token
     assert body["token_type"] == "Bearer" and body["expires_in"] == 300 and body["scope"] == "users.notify"
     assert "refresh_token" not in body
     header = pyjwt.get_unverified_header(body["access_token"])
-    assert header["typ"] == "at+jwt" and header["alg"] == "RS256" and header["kid"]
+    assert header["typ"] == "at+jwt" and header["alg"] == "ES256" and header["kid"]
     claims = pyjwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["iss"] == auth.issuer and claims["sub"] == "notification-service"
     assert claims["aud"] == "users" and claims["client_id"] == "notification-service"
@@ -42,7 +42,7 @@ async def test_tokens_verify_with_pyjwt_against_the_published_jwks(auth: AuthMes
         jwks = pyjwt.PyJWKSet.from_dict(await response.json())
     for token, audience in ((body["access_token"], "users"), (user["access_token"], "orders")):
         key = jwks[pyjwt.get_unverified_header(token)["kid"]]
-        claims = pyjwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=auth.issuer,
+        claims = pyjwt.decode(token, key, algorithms=["ES256"], audience=audience, issuer=auth.issuer,
                               options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]})
         assert claims["client_id"] in ("notification-service", "meshrun-cli")
 

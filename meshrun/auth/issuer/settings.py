@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from meshrun.auth.claims import is_scope_token
 from meshrun.auth.hashing import SecretHash
-from meshrun.auth.keys import SIGNING_ALGORITHMS
+from meshrun.auth.keys import DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS
 from meshrun.errors import SettingsError
 
 GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token")
@@ -53,7 +53,7 @@ class Client:
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     keys_dir: str = "keys"
-    signing_alg: str = "RS256"
+    signing_alg: str = DEFAULT_SIGNING_ALGORITHM
     access_token_ttl: int = 300
     authorization_code_ttl: int = 60
     refresh_token_ttl: int = 8 * 3600
@@ -98,10 +98,10 @@ def parse_settings(table: dict[str, Any], path: str) -> AuthSettings:
              "identities_file", "users", "clients"}
     for extra in sorted(set(table) - known):
         problems.fail(f"{path}.{extra}", f"unknown key (known: {', '.join(sorted(known))})")
-    alg = _typed(table, "signing_alg", str, path, problems, "RS256")
+    alg = _typed(table, "signing_alg", str, path, problems, DEFAULT_SIGNING_ALGORITHM)
     if alg not in SIGNING_ALGORITHMS:
         problems.fail(f"{path}.signing_alg", f"{alg!r} is not one of {', '.join(SIGNING_ALGORITHMS)}")
-        alg = "RS256"
+        alg = DEFAULT_SIGNING_ALGORITHM
     users, clients = parse_identities(table, path, problems)
     settings = AuthSettings(
         keys_dir=_typed(table, "keys_dir", str, path, problems, "keys"),
