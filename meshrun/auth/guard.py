@@ -5,7 +5,7 @@ The runtime builds one per service with authenticated routes; the checks themsel
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 import orjson

@@ -40,7 +40,7 @@ class SecretHash:
     digest: bytes
 
     @classmethod
-    def parse(cls, text: str) -> "SecretHash":
+    def parse(cls, text: str) -> SecretHash:
         """Raises ValueError saying what a valid hash looks like and how to make one."""
         match = _PHC.fullmatch(text)
         if match is None:

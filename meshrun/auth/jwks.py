@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -130,7 +131,7 @@ class JwksCache:
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise JwksUnavailable(f"{url} returned more than {MAX_DOCUMENT_BYTES} bytes")
                 match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = type(exc).__name__ + (f": {exc}" if str(exc) else "")
             raise JwksUnavailable(f"issuer {self.issuer} is unreachable ({reason}) while fetching {url}") from None
         try:
@@ -149,7 +150,7 @@ class JwksCache:
                 pass
 
 
-def _retrieve(task: "asyncio.Task[None]") -> None:
+def _retrieve(task: asyncio.Task[None]) -> None:
     """Mark a failed background fetch's exception as seen (it was logged already)."""
     if not task.cancelled():
         task.exception()

@@ -8,14 +8,16 @@ import fcntl
 import os
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives import serialization
 from joserfc import jws
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from meshrun.errors import KeyStoreError
@@ -105,7 +107,7 @@ class KeyStore:
                                     "\"created_at\": seconds}}")
             try:
                 key: RSAKey | ECKey = (RSAKey if alg == "RS256" else ECKey).import_key(pem)
-            except Exception as exc:  # joserfc raises several types for a damaged PEM
+            except (JoseError, ValueError, TypeError) as exc:
                 raise KeyStoreError(f"{key_path}: not a valid {alg} private key ({exc})") from None
             if key.thumbprint() != kid:
                 raise KeyStoreError(f"{key_path}: the key's thumbprint is {key.thumbprint()}, not its file name")

@@ -9,7 +9,7 @@ import asyncio
 import html
 import re
 import secrets
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlencode
 
 import aiohttp
@@ -28,7 +28,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> dict[str, Any
         async with session.get(url, allow_redirects=False) as response:
             raw = await response.read()
             status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise TokenRequestFailed(f"cannot reach the issuer {issuer} ({type(exc).__name__}: {exc}); is the auth "
                                  "service running (`meshrun up`), and is [mesh] issuer right?") from None
     try:
@@ -58,7 +58,7 @@ class _LoopbackRedirect:
         self.runner: web.AppRunner | None = None
         self.uri = ""
 
-    async def __aenter__(self) -> "_LoopbackRedirect":
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_get("/callback", self._callback)
         self.runner = web.AppRunner(app, access_log=None)
@@ -69,7 +69,7 @@ class _LoopbackRedirect:
         self.uri = f"http://127.0.0.1:{port}/callback"
         return self
 
-    async def __aexit__(self, *_: Any) -> None:
+    async def __aexit__(self, *_: object) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
 

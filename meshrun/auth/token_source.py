@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 from base64 import b64encode
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -34,7 +35,7 @@ async def request_token(session: aiohttp.ClientSession, token_url: str, form: di
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             raw = await response.read()
             status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise TokenRequestFailed(f"cannot reach the token endpoint {token_url} ({type(exc).__name__}: {exc}); "
                                  "is the auth service running?") from None
     try:
@@ -126,7 +127,7 @@ class ClientCredentialsTokenSource:
         self._token = token
         return token
 
-    def _settled(self, future: "asyncio.Future[str]") -> None:
+    def _settled(self, future: asyncio.Future[str]) -> None:
         self._pending = None
         if not future.cancelled():
             future.exception()  # seen by the callers awaiting it; don't warn "never retrieved"

@@ -8,8 +8,9 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, TypeGuard
 
 import orjson
 from joserfc import jws
@@ -145,7 +146,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -248,7 +249,7 @@ class TokenVerifier:
         if not audiences or not all(isinstance(a, str) for a in audiences):
             raise InvalidToken("token has no aud (audience) claim")
         if self.audience is not None and self.audience not in audiences:
-            raise InvalidToken(f"token audience {_shown(list(audiences))} does not include this service "
+            raise InvalidToken(f"token audience {_shown(', '.join(audiences))} does not include this service "
                                f"({self.audience!r}); request a token for resource {self.audience!r}")
         now = self.clock()
         exp = raw.get("exp")

@@ -13,7 +13,7 @@ from meshrun.auth.issuer.authorize import AuthorizationRequest, NotRedirectable,
 from meshrun.auth.issuer.errors import NO_STORE, OAuthError
 from meshrun.auth.issuer.login_page import HEADERS as PAGE_HEADERS
 from meshrun.auth.issuer.login_page import error_page, login_form
-from meshrun.auth.issuer.params import Params, parse_form, parse_query
+from meshrun.auth.issuer.params import parse_form, parse_query
 from meshrun.auth.issuer.server import AuthorizationServer
 from meshrun.auth.issuer.settings import parse_settings
 from meshrun.http.server import json_response

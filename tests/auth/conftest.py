@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 
 import aiohttp

@@ -51,7 +51,7 @@ async def test_token_for_a_client_with_the_secret_from_the_environment(cli_mesh:
 
 
 async def test_token_for_a_client_with_the_secret_on_stdin(cli_mesh: tuple[AuthMesh, str]) -> None:
-    auth, config = cli_mesh
+    _, config = cli_mesh
     code, token, err = await meshrun("token", "--client", "notification-service", "--config", config,
                                      stdin=NOTIFY_SECRET + "\n")
     assert code == 0, err
@@ -91,7 +91,7 @@ async def test_token_without_a_running_issuer_says_so(tmp_path: Path) -> None:
 
 
 async def test_keys_rotate_and_list(cli_mesh: tuple[AuthMesh, str], tmp_path: Path) -> None:
-    auth, config = cli_mesh
+    _, config = cli_mesh
     (old,) = KeyStore(tmp_path / "keys").load()
     code, out, err = await meshrun("keys", "rotate", "--config", config)
     assert code == 0, err

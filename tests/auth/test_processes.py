@@ -48,10 +48,10 @@ async def test_two_issuer_processes_sharing_keys_issue_tokens_every_resource_ser
     other = copy.deepcopy(data)
     other["services"] = {"auth": {**other["services"]["auth"], "port": port_b}}
     config_b = write_toml(tmp_path / "issuer-b.toml", other)
-    log = open(tmp_path / "issuer-b.log", "wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from meshrun.cli import main; main()", "up", "--config", str(config_b),
-        stdout=log, stderr=log, env={**os.environ, "MESHRUN_UVLOOP": "0"})
+    with (tmp_path / "issuer-b.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from meshrun.cli import main; main()", "up", "--config", str(config_b),
+            stdout=log, stderr=log, env={**os.environ, "MESHRUN_UVLOOP": "0"})
     try:
         auth = await start_mesh(data)  # process A, started while B starts: both find an empty keys dir
         url_b = f"http://127.0.0.1:{port_b}"
@@ -79,4 +79,3 @@ async def test_two_issuer_processes_sharing_keys_issue_tokens_every_resource_ser
     finally:
         process.terminate()
         await process.wait()
-        log.close()

@@ -36,8 +36,8 @@ def client(**fields: Any) -> dict[str, Any]:
     ({"clients": [client(scopes=["ok", "bad scope"])]}, f"{PATH}.clients[0].scopes: 'bad scope' is not a valid"),
     ({"clients": [client(grant_types=["password"])]}, f"{PATH}.clients[0].grant_types: the resource owner password"),
     ({"clients": [client(grant_types=["implicit"])]}, f"{PATH}.clients[0].grant_types: the implicit grant"),
-    ({"clients": [client(secret_hash=None)]}, f"{PATH}.clients[0].grant_types: client_credentials needs a "
-                                              "confidential client"),
+    ({"clients": [client(secret_hash=None)]},
+     f"{PATH}.clients[0].grant_types: client_credentials needs a confidential client"),
     ({"clients": [client(grant_types=["authorization_code"])]}, f"{PATH}.clients[0].redirect_uris: missing"),
     ({"clients": [client(grant_types=["authorization_code"], redirect_uris=["http://example.com/cb"])]},
      f"{PATH}.clients[0].redirect_uris: 'http://example.com/cb': plain http is only allowed on a loopback"),

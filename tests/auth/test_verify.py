@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from meshrun.auth.keys import SigningKey, generate_key
-from meshrun.auth.verify import (InsufficientScope, InvalidToken, TokenVerifier, UnknownSigningKey,
-                                 keys_from_jwks)
+from meshrun.auth.verify import InsufficientScope, InvalidToken, TokenVerifier, UnknownSigningKey, keys_from_jwks
 
 ISSUER = "http://issuer.test"
 

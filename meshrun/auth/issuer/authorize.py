@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 from meshrun.auth import pkce
 from meshrun.auth.claims import format_scope
 from meshrun.auth.issuer.clients import redirect_uri_matches
-from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.errors import OAuthError
+from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
 from meshrun.auth.issuer.settings import Client
 

@@ -12,7 +12,7 @@ import hmac
 import os
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote_plus, urlsplit
 
 from meshrun.auth.hashing import SecretChecker, SecretHash
@@ -133,7 +133,7 @@ def redirect_uri_matches(registered: tuple[str, ...], given: str) -> bool:
         return True
     try:
         parts = urlsplit(given)
-        parts.port
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         return False
     if parts.scheme != "http" or parts.fragment or not _LOOPBACK_NETLOC.fullmatch(parts.netloc):

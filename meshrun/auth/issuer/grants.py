@@ -11,8 +11,7 @@ from meshrun.auth import pkce
 from meshrun.auth.claims import format_scope
 from meshrun.auth.issuer.clients import redirect_uri_matches
 from meshrun.auth.issuer.codes import CodeReplayed
-from meshrun.auth.issuer.errors import (invalid_grant, invalid_request, unauthorized_client,
-                                        unsupported_grant_type)
+from meshrun.auth.issuer.errors import invalid_grant, invalid_request, unauthorized_client, unsupported_grant_type
 from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.refresh import RefreshReplayed
 from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
@@ -31,7 +30,7 @@ def token_body(issued: IssuedToken, ttl: int, refresh_token: str | None = None) 
     return body
 
 
-async def grant(server: "AuthorizationServer", client: Client, params: Params) -> dict[str, Any]:
+async def grant(server: AuthorizationServer, client: Client, params: Params) -> dict[str, Any]:
     grant_type = params.require("grant_type")
     if grant_type not in GRANT_TYPES:
         refused = REFUSED_GRANTS.get(grant_type, f"grant_type {grant_type!r} is not supported")
@@ -47,7 +46,7 @@ async def grant(server: "AuthorizationServer", client: Client, params: Params) -
     return refresh_token(server, client, params, now)
 
 
-def client_credentials(server: "AuthorizationServer", client: Client, params: Params, now: float) -> dict[str, Any]:
+def client_credentials(server: AuthorizationServer, client: Client, params: Params, now: float) -> dict[str, Any]:
     """A machine token: the client acts for itself, so `sub` is its client_id (RFC 9068 §2.2)."""
     scope = requested_scope(client, params.get("scope"))
     audiences = requested_audiences(client, params.getall("resource"), client.audiences)
@@ -56,7 +55,7 @@ def client_credentials(server: "AuthorizationServer", client: Client, params: Pa
     return token_body(issued, server.tokens.ttl)
 
 
-def authorization_code(server: "AuthorizationServer", client: Client, params: Params, now: float
+def authorization_code(server: AuthorizationServer, client: Client, params: Params, now: float
                        ) -> dict[str, Any]:
     value = params.require("code")
     try:
@@ -96,7 +95,7 @@ def authorization_code(server: "AuthorizationServer", client: Client, params: Pa
     return token_body(issued, server.tokens.ttl, refresh)
 
 
-def refresh_token(server: "AuthorizationServer", client: Client, params: Params, now: float) -> dict[str, Any]:
+def refresh_token(server: AuthorizationServer, client: Client, params: Params, now: float) -> dict[str, Any]:
     value = params.require("refresh_token")
     known = server.refresh.find(value)
     if known is not None and known.client_id == client.client_id and server.refresh.is_current(value, known, now):

@@ -4,7 +4,7 @@ Parsing only; what the parameters mean is decided by the grants and the authoriz
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl
 
 from meshrun.auth.issuer.errors import invalid_request
@@ -29,7 +29,7 @@ class Params:
             values.append(value)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, str]) -> "Params":
+    def from_mapping(cls, values: Mapping[str, str]) -> Params:
         return cls(values.items())
 
     def get(self, name: str) -> str | None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from meshrun.auth.hashing import SecretChecker, SecretHash, decoy
 from meshrun.auth.issuer.authorize import AuthorizationRequest, parse_authorization_request
@@ -44,7 +45,7 @@ class AuthorizationServer:
 
     @classmethod
     async def start(cls, issuer: str, settings: AuthSettings, base_dir: Path, *,
-                    clock: Callable[[], float] = time.time) -> "AuthorizationServer":
+                    clock: Callable[[], float] = time.time) -> AuthorizationServer:
         """Read the identities file, load (or on first start create) the keys, hash secrets given by environment
         variables: the slow parts run in threads, off the event loop."""
         settings = with_identities_file(settings, base_dir)
@@ -59,8 +60,9 @@ class AuthorizationServer:
             elif client.secret_hash is not None:
                 hashes[client.client_id] = client.secret_hash
             elif client.confidential:  # never let a confidential client turn public for want of its secret
-                raise SettingsError([f"client {client.client_id!r}: environment variable {client.secret_env} is "
-                                     "empty and there is no secret_hash"])
+                problem = (f"client {client.client_id!r}: environment variable {client.secret_env} is empty and "
+                           "there is no secret_hash")
+                raise SettingsError([problem])
         settings = replace(settings, clients=tuple(replace(c, secret_env=None, secret_hash=hashes.get(c.client_id))
                                                    for c in settings.clients))
         return cls(issuer, settings, keys, checker, clock=clock)

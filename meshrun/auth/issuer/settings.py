@@ -248,7 +248,7 @@ def redirect_uri_problem(uri: str) -> str | None:
     """Why `uri` cannot be registered (RFC 6749 §3.1.2, RFC 8252 §7-8), or None."""
     try:
         parts = urlsplit(uri)
-        parts.port
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         return "not a valid URI"
     if not parts.scheme or parts.fragment or "#" in uri:

@@ -5,8 +5,8 @@ Resource servers verify tokens on their own (`meshrun.auth.guard`); this is the 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from meshrun.auth.claims import Claims, format_scope
 from meshrun.auth.keys import KeyRing
