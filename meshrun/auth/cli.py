@@ -9,7 +9,9 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from typing import NoReturn
 
+import aiohttp
 import click
 import orjson
 
@@ -26,7 +28,7 @@ service_option = click.option("--service", default="auth", show_default=True,
                               help="Name of the authorization server's service in services.toml.")
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     click.echo(f"error: {error}", err=True)
     sys.exit(2)
 
@@ -94,6 +96,8 @@ def token(config_path: str, client_id: str | None, username: str | None, scope: 
             body = asyncio.run(login.client_credentials(issuer, client_id, secret, scope, resources))
     except MeshrunError as exc:
         _fail(exc)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        _fail(MeshrunError(f"lost the connection to the issuer during the flow ({type(exc).__name__}: {exc})"))
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() if as_json else body["access_token"])
 
 

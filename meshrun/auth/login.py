@@ -40,6 +40,15 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> dict[str, Any
     return metadata
 
 
+async def _token(session: aiohttp.ClientSession, url: str, form: list[tuple[str, str]],
+                 authorization: str | None = None) -> dict[str, Any]:
+    try:
+        return await request_token(session, url, form, authorization)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise TokenRequestFailed(f"cannot reach the token endpoint {url} ({type(exc).__name__}: {exc}); is the "
+                                 "auth service running?") from None
+
+
 async def client_credentials(issuer: str, client_id: str, secret: str, scope: str | None = None,
                              resources: tuple[str, ...] = ()) -> dict[str, Any]:
     """A machine token for `client_id`: the token endpoint's response body."""
@@ -47,7 +56,7 @@ async def client_credentials(issuer: str, client_id: str, secret: str, scope: st
         metadata = await discover(session, issuer)
         form = [("grant_type", "client_credentials")] + ([("scope", scope)] if scope else [])
         form += [("resource", r) for r in resources]
-        return await request_token(session, metadata["token_endpoint"], form, basic_credentials(client_id, secret))
+        return await _token(session, metadata["token_endpoint"], form, basic_credentials(client_id, secret))
 
 
 class _LoopbackRedirect:
@@ -119,7 +128,7 @@ async def user_login(issuer: str, username: str, password: str, *, client_id: st
                                      error=answer["error"], description=answer.get("error_description"))
         exchange = [("grant_type", "authorization_code"), ("code", answer.get("code", "")),
                     ("redirect_uri", loopback.uri), ("client_id", client_id), ("code_verifier", verifier)]
-        return await request_token(session, metadata["token_endpoint"], exchange)
+        return await _token(session, metadata["token_endpoint"], exchange)
 
 
 def _page_text(page: str) -> str:

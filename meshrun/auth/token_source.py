@@ -26,18 +26,18 @@ def basic_credentials(client_id: str, secret: str) -> str:
 
 async def request_token(session: aiohttp.ClientSession, token_url: str, form: dict[str, str] | list[tuple[str, str]],
                         authorization: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """POST a token request; the RFC 6749 §5.1 body, or TokenRequestFailed saying what the server answered."""
+    """POST a token request: the RFC 6749 §5.1 body, or TokenRequestFailed saying what the server answered.
+
+    A server that cannot be reached raises what aiohttp raises (aiohttp.ClientError, TimeoutError): callers
+    already treat those as transient, like any other call to another service.
+    """
     headers = {"Accept": "application/json"}
     if authorization:
         headers["Authorization"] = authorization
-    try:
-        async with session.post(token_url, data=form, headers=headers, allow_redirects=False,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            raw = await response.read()
-            status = response.status
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise TokenRequestFailed(f"cannot reach the token endpoint {token_url} ({type(exc).__name__}: {exc}); "
-                                 "is the auth service running?") from None
+    async with session.post(token_url, data=form, headers=headers, allow_redirects=False,
+                            timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        raw = await response.read()
+        status = response.status
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -78,7 +78,11 @@ class ClientCredentialsTokenSource:
         self._pending: asyncio.Future[str] | None = None
 
     async def token(self) -> str:
-        """A valid access token: the cached one, or a new one (one request however many callers wait)."""
+        """A valid access token: the cached one, or a new one (one request however many callers wait).
+
+        Raises TokenRequestFailed if the issuer refuses (`.error`, `.status`; a 5xx `.status` is worth a retry),
+        aiohttp.ClientError or TimeoutError if it cannot be reached.
+        """
         if self._token is not None and self.clock() < self._renew_at:
             return self._token
         if self._pending is None:

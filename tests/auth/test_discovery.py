@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.auth.conftest import AuthMesh
+from tests.auth.conftest import AuthMesh, StartMesh
 
 
 @pytest.mark.parametrize("path", ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"])
@@ -36,7 +36,7 @@ async def test_the_jwks_holds_public_signature_keys_with_kids(auth: AuthMesh) ->
     assert key["use"] == "sig" and "d" not in key
 
 
-async def test_an_rs256_issuer_publishes_an_rsa_key_and_resource_servers_follow(start_mesh) -> None:  # type: ignore[no-untyped-def]
+async def test_an_rs256_issuer_publishes_an_rsa_key_and_resource_servers_follow(start_mesh: StartMesh) -> None:
     auth = await start_mesh(signing_alg="RS256")
     async with auth.session.get(auth.issuer + "/oauth2/jwks") as response:
         (key,) = (await response.json())["keys"]

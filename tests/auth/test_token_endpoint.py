@@ -8,7 +8,7 @@ from pathlib import Path
 import jwt as pyjwt
 import pytest
 
-from tests.auth.conftest import NOTIFY_SECRET, REPORTING_SECRET, AuthMesh, auth_settings, basic
+from tests.auth.conftest import NOTIFY_SECRET, REPORTING_SECRET, AuthMesh, StartMesh, auth_settings, basic
 
 
 async def test_client_credentials_with_basic_auth_issues_an_rfc9068_access_token(auth: AuthMesh) -> None:
@@ -138,7 +138,8 @@ async def test_a_secret_is_hashed_once_then_served_from_the_verified_credentials
     assert status == 401 and calls == 2, "a wrong secret is never answered from the cache"
 
 
-async def test_secret_from_environment_replaces_the_configured_hash(start_mesh, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_secret_from_environment_replaces_the_configured_hash(start_mesh: StartMesh,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_NOTIFY_SECRET", "from-the-environment")
     settings = auth_settings(Path("/unused"))
     clients = settings["clients"]

@@ -3,13 +3,17 @@ expiry, a fresh token after a 401."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
+import aiohttp
 import jwt as pyjwt
 import pytest
 
 from meshrun.auth.token_source import ClientCredentialsTokenSource
 from meshrun.errors import TokenRequestFailed
 from tests.auth.conftest import NOTIFY_SECRET, REPORTING_SECRET, AuthMesh
+from tests.conftest import free_port
 
 
 class Monotonic:
@@ -21,10 +25,10 @@ class Monotonic:
 
 
 def source(auth: AuthMesh, client_id: str = "notification-service", secret: str = NOTIFY_SECRET,
-           scope: str | None = "users.notify", resource: str | None = None, **kwargs: object
-           ) -> ClientCredentialsTokenSource:
+           scope: str | None = "users.notify", resource: str | None = None,
+           clock: Callable[[], float] = time.monotonic) -> ClientCredentialsTokenSource:
     return ClientCredentialsTokenSource(auth.issuer + "/oauth2/token", client_id, secret, scope,
-                                        session=lambda: auth.session, resource=resource, **kwargs)  # type: ignore[arg-type]
+                                        session=lambda: auth.session, resource=resource, clock=clock)
 
 
 async def test_many_concurrent_callers_share_one_token_request(auth: AuthMesh) -> None:
@@ -70,6 +74,13 @@ async def test_resource_selects_the_audience(auth: AuthMesh) -> None:
     tokens = source(auth, "reporting", REPORTING_SECRET, scope="users.notify", resource="users")
     claims = pyjwt.decode(await tokens.token(), options={"verify_signature": False})
     assert claims["aud"] == "users"
+
+
+async def test_an_unreachable_issuer_raises_what_aiohttp_raises(auth: AuthMesh) -> None:
+    tokens = ClientCredentialsTokenSource(f"http://127.0.0.1:{free_port()}/oauth2/token", "notification-service",
+                                          NOTIFY_SECRET, None, session=lambda: auth.session)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await tokens.token()
 
 
 async def test_a_refused_request_raises_with_the_servers_reason(auth: AuthMesh) -> None:

@@ -30,7 +30,8 @@ from meshrun.errors import SettingsError
 class AuthorizationServer:
     """Clients, users, keys, codes and refresh-token families of one issuer process."""
 
-    def __init__(self, issuer: str, settings: AuthSettings, keys: KeyRing, checker: SecretChecker, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, issuer: str, settings: AuthSettings, keys: KeyRing, checker: SecretChecker, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer.rstrip("/")
         self.settings = settings
         self.keys = keys
