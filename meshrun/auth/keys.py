@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from cryptography.hazmat.primitives import serialization
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -33,6 +34,7 @@ META_SUFFIX = ".json"
 # After a rotation the old key keeps being published this long beyond the access-token lifetime: covers another
 # issuer process that has not noticed the rotation yet, and clock skew between the issuer and resource servers.
 RETENTION_MARGIN = 60.0
+log = structlog.get_logger("meshrun.auth.keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +224,14 @@ class KeyRing:
         self._checked_at = now
         listing = self.store.listing()
         if listing != self._listing:
-            keys = self.store.load()
+            self._listing = listing
+            try:
+                keys = self.store.load()
+            except KeyStoreError as exc:  # a broken file dropped in by hand must not stop token issuance
+                log.error("signing_keys_not_reloaded", problem=str(exc), keeps=[k.kid for k in self._keys])
+                return
             if keys:  # an emptied directory keeps the keys in memory: tokens already issued stay verifiable
                 self._keys = keys
-            self._listing = listing
 
     def signing_key(self) -> SigningKey:
         self._refresh()

@@ -62,7 +62,8 @@ def _redirect(location: str) -> web.Response:
 
 
 def _form(request: AuthorizationRequest, error: str | None = None, username: str = "") -> web.Response:
-    return _page(login_form(AUTHORIZE_PATH, list(request.hidden), request.client.client_id, describe_scope(request),
+    # A relative action posts back to wherever the page was served from, also behind a proxy's path prefix.
+    return _page(login_form("authorize", list(request.hidden), request.client.client_id, describe_scope(request),
                             error, username))
 
 

@@ -1,7 +1,7 @@
 """GET/POST /oauth2/authorize and the authorization_code grant with PKCE, over real HTTP."""
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import jwt as pyjwt
 import pytest
@@ -47,6 +47,8 @@ async def test_the_login_page_is_plain_html_carrying_the_request(auth: AuthMesh)
         assert page.status == 200 and page.content_type == "text/html"
         assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Cache-Control"] == "no-store"
     assert '<input id="username" name="username"' in html and 'type="password"' in html
+    assert urljoin(f"{auth.issuer}/oauth2/authorize?{query}", 'authorize') == f"{auth.issuer}/oauth2/authorize"
+    assert '<form method="post" action="authorize">' in html
     assert "&lt;script&gt;" in html and "<script>" not in html
 
 

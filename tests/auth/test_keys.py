@@ -78,3 +78,11 @@ def test_a_running_key_ring_notices_a_rotation_made_by_another_process(tmp_path:
 def test_generate_refuses_unknown_algorithms() -> None:
     with pytest.raises(KeyStoreError, match="not supported"):
         generate_key("HS256", 0.0)
+
+
+def test_a_broken_key_file_dropped_in_later_does_not_stop_signing(tmp_path: Path) -> None:
+    ring = KeyRing(KeyStore(tmp_path / "keys"), retention=360.0, check_interval=0.0)
+    ring.load("ES256")
+    kid = ring.signing_key().kid
+    (tmp_path / "keys" / "broken.json").write_text("{not json")
+    assert ring.signing_key().kid == kid
