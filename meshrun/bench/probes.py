@@ -24,6 +24,60 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time all cores of the machine spent busy so far (everything but idle and iowait, steal included)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(values[:8]) - values[3] - values[4]  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU used during a measurement: by the pipeline's processes, the broker, this load generator, and the rest
+    of the machine (other people's work on a shared machine shows up there, and explains a slow run)."""
+
+    def __init__(self, pipeline: list[int], broker: list[int]) -> None:
+        self.groups = {"pipeline": pipeline, "broker": broker, "load_generator": [os.getpid()]}
+        self.started = time.perf_counter()
+        self.machine = machine_busy_seconds()
+        self.before = {name: self._sum(pids) for name, pids in self.groups.items()}
+
+    @staticmethod
+    def _sum(pids: list[int]) -> float | None:
+        values = [cpu_seconds(pid) for pid in pids]
+        return sum(v for v in values if v is not None) if pids and None not in values else None
+
+    def finish(self, orders: int) -> dict[str, float | None]:
+        elapsed = time.perf_counter() - self.started
+        used = {}
+        for name, pids in self.groups.items():
+            now, then = self._sum(pids), self.before[name]
+            used[name] = now - then if now is not None and then is not None else None
+        machine = machine_busy_seconds()
+        result: dict[str, float | None] = {
+            f"{name}_ms_per_order": round(1000 * v / orders, 3) if v is not None and orders else None
+            for name, v in used.items()}
+        result.update({f"{name}_cores": round(v / elapsed, 2) if v is not None else None for name, v in used.items()})
+        if machine is not None and self.machine is not None:
+            others = (machine - self.machine) - sum(v for v in used.values() if v is not None)
+            result["other_processes_cores"] = round(max(0.0, others) / elapsed, 2)
+        return result
+
+
 def _listening_inodes(ports: set[int]) -> dict[str, int]:
     """Socket inode -> port of the TCP sockets listening on one of `ports` (IPv4 and IPv6)."""
     found: dict[str, int] = {}

@@ -74,6 +74,7 @@ class PipelineFigures:
     generator_late_ms_max: float | None = None   # open loop: how late the generator itself sent an order
     ready_seconds: float | None = None
     memory: list[ProcessMemory] = field(default_factory=list)
+    cpu: dict[str, float | None] = field(default_factory=dict)   # see probes.CpuMeter
 
 
 @dataclass(slots=True)
@@ -110,6 +111,7 @@ class Report:
                 put(f"latency_{q}", getattr(m.latency_ms, q), getattr(r.latency_ms, q))
         put("ready_seconds", m.ready_seconds, r.ready_seconds)
         put("rss_after_mb", _total(m.memory, "after_mb"), _total(r.memory, "after_mb"))
+        put("pipeline_cpu_ms_per_order", m.cpu.get("pipeline_ms_per_order"), r.cpu.get("pipeline_ms_per_order"))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +191,12 @@ def render_table(report: Report) -> str:
             *both(lambda p, q=q: _num(getattr(p.latency_ms, q), 2) if p.latency_ms else "-"), f"latency_{q}")
     if m.generator_late_ms_max is not None:
         row("generator late, max (ms)", *both(lambda p: _num(p.generator_late_ms_max, 2)))
+    row("CPU per order, pipeline (ms)", *both(lambda p: _num(p.cpu.get("pipeline_ms_per_order"), 3)),
+        "pipeline_cpu_ms_per_order")
+    if m.cpu.get("broker_ms_per_order") is not None:
+        row("CPU per order, Kafka broker (ms)", *both(lambda p: _num(p.cpu.get("broker_ms_per_order"), 3)))
+    row("CPU per order, load generator (ms)", *both(lambda p: _num(p.cpu.get("load_generator_ms_per_order"), 3)))
+    row("other processes meanwhile (cores)", *both(lambda p: _num(p.cpu.get("other_processes_cores"), 2)))
     row("events lost", *both(lambda p: str(p.lost)))
     row("events doubled", *both(lambda p: str(p.doubled)))
     row("redeliveries absorbed (idempotency)", *both(lambda p: str(p.duplicates_absorbed)))

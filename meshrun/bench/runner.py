@@ -77,6 +77,14 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def broker_pids(config: MeshConfig) -> list[int]:
+    """The local Kafka broker's processes (found by the bootstrap port), to count its CPU; none on memory."""
+    if config.transport != "kafka":
+        return []
+    ports = {int(a.rpartition(":")[2]) for a in config.kafka.bootstrap_servers.split(",") if a.rpartition(":")[2]}
+    return sorted(probes.pids_listening(ports))
+
+
 def _load(options: BenchOptions) -> MeshConfig:
     config = load_config(options.config_path)
     if options.transport:
@@ -101,10 +109,12 @@ def _load(options: BenchOptions) -> MeshConfig:
 class Pipeline:
     """What the load goes through: URLs, the processes behind them, and how the user authenticates."""
 
-    def __init__(self, name: str, target: load.Target, processes: list[tuple[str, int]]) -> None:
+    def __init__(self, name: str, target: load.Target, processes: list[tuple[str, int]],
+                 broker: list[int] | None = None) -> None:
         self.name = name
         self.target = target
         self.processes = processes          # (label, pid)
+        self.broker = broker or []          # the Kafka broker's pids, when it runs on this machine
         self.idle: dict[int, float | None] = {}
 
     def memory_idle(self) -> None:
@@ -152,6 +162,7 @@ async def measure(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOpt
                         f"{phase}: sent {r.sent:,} accepted {r.accepted:,} ({r.notified / elapsed:,.0f}/s e2e)")
 
     http, poll_http = _sessions(options)
+    meter = probes.CpuMeter([pid for _, pid in pipeline.processes], pipeline.broker)
     try:
         async with http, poll_http:
             figures = await load.drive(http, poll_http, pipeline.target, auth, run, concurrency=options.concurrency,
@@ -159,6 +170,7 @@ async def measure(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOpt
                                        name=pipeline.name)
     finally:
         progress.clear()
+    figures.cpu = meter.finish(figures.notified)
     figures.memory = pipeline.memory()
     return figures
 
@@ -228,7 +240,8 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
             ready_seconds = round(await wait_ready(launched, list(urls.values()), started, options.ready_timeout), 3)
             say(f"mesh ready in {ready_seconds:.3f} s")
             processes = [(p.label, p.pid) for p in launched]
-        pipeline = Pipeline("meshrun", target, processes)
+        broker = broker_pids(config)
+        pipeline = Pipeline("meshrun", target, processes, broker)
         pipeline.memory_idle()
         password = credentials.user_password(config, options.user, options.password)
         audience = config.services["orders"].audience or "orders"
@@ -274,7 +287,7 @@ async def bench_raw(config: MeshConfig, options: BenchOptions, workdir: Path, pr
     try:
         urls = [f"http://{host}:{orders_port}", f"http://{host}:{users_port}"]
         ready = round(await wait_ready([proc], urls, started, options.ready_timeout), 3)
-        pipeline = Pipeline("raw", load.Target(*urls), [("raw", proc.pid)])
+        pipeline = Pipeline("raw", load.Target(*urls), [("raw", proc.pid)], broker_pids(config))
         pipeline.memory_idle()
         prefix, auth = f"raw{uuid.uuid4().hex[:8]}", load.BearerHeader(token)
         await warm_up(pipeline, auth, options, prefix)

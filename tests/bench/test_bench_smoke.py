@@ -42,6 +42,9 @@ def assert_pipeline_figures(figures: dict[str, Any], name: str, processes: int =
     latency = figures["latency_ms"]
     assert set(latency) == {"p50", "p95", "p99", "max", "samples"} and latency["samples"] == 50
     assert latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    cpu = figures["cpu"]
+    assert isinstance(cpu["pipeline_ms_per_order"], NUMBER) and isinstance(cpu["load_generator_ms_per_order"], NUMBER)
+    assert isinstance(cpu["other_processes_cores"], NUMBER)
     assert len(figures["memory"]) == processes
     for process in figures["memory"]:
         assert isinstance(process["pid"], int)
