@@ -9,7 +9,7 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import orjson
@@ -67,8 +67,8 @@ class VerificationKey:
 
     kid: str
     alg: str
-    key: RSAKey | ECKey
-    material: bytes  # canonical public parameters: two keys are the same key iff these are equal
+    key: RSAKey | ECKey = field(compare=False)
+    material: bytes  # canonical public parameters: two keys are the same key iff these (and alg) are equal
 
 
 def keys_from_jwks(document: Any) -> tuple[dict[str, VerificationKey], list[str]]:

@@ -74,6 +74,14 @@ def test_cached_tokens_are_dropped_when_their_key_leaves_the_set(rsa: SigningKey
         verifier.verify(token)
 
 
+def test_refetching_the_same_key_set_keeps_the_cache(rsa: SigningKey) -> None:
+    clock = Clock()
+    verifier = verifier_for(rsa, clock=clock)
+    verifier.verify(mint(rsa, clock.now))
+    verifier.set_keys(keys_from_jwks({"keys": [rsa.public_jwk()]})[0])  # a periodic refresh: new objects
+    assert len(verifier._cache) == 1
+
+
 def test_scope_is_checked_on_cached_tokens_too(rsa: SigningKey) -> None:
     clock = Clock()
     verifier = verifier_for(rsa, clock=clock)
