@@ -14,6 +14,7 @@ from aiohttp import web
 
 from meshrun import EventContext, RetryLater, Service, ServiceContext
 from meshrun.auth.token_source import ClientCredentialsTokenSource
+from meshrun.errors import TokenRequestFailed
 from meshrun.http.server import json_response
 from meshrun.services.events import INVOICE_EVENTS, InvoiceIssued
 from meshrun.settings import settings_from
@@ -79,10 +80,17 @@ async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
         token = await tokens.token()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RetryLater(f"authorization server unreachable: {type(exc).__name__}: {exc}") from exc
+    except TokenRequestFailed as exc:
+        # Refused (a wrong secret or scope) or failing (5xx): either way the event waits, uncommitted, for the
+        # authorization server or its configuration to be fixed, rather than being dead-lettered.
+        raise RetryLater(f"no machine token for {tokens.client_id}: {exc}") from exc
     status = await _post(ctx.service, url, token, body, invoice)
     if status == 401:  # the token may have been signed with a key the User service no longer trusts
         tokens.invalidate(token)
-        status = await _post(ctx.service, url, await tokens.token(), body, invoice)
+        try:
+            status = await _post(ctx.service, url, await tokens.token(), body, invoice)
+        except (aiohttp.ClientError, TimeoutError, TokenRequestFailed) as exc:
+            raise RetryLater(f"no fresh machine token for {tokens.client_id}: {exc}") from exc
     if status in TRANSIENT_STATUS:
         raise RetryLater(f"User service answered {status}")
     if status in (401, 403):
