@@ -5,6 +5,7 @@ Not a second configuration layer: `meshrun.config` validates the keys; this modu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -101,7 +102,10 @@ class Startable(Protocol):
 
 
 async def start_client(client: Startable, what: str, options: KafkaClientOptions) -> None:
-    """Start an aiokafka client, retrying while the cluster is unreachable (a broker still starting, a blip)."""
+    """Start an aiokafka client, retrying while the cluster is unreachable (a broker still starting, a blip).
+
+    A client that could not start is closed before the error is raised (it holds a metadata task otherwise).
+    """
     deadline = time.monotonic() + options.connect_timeout
     delay = 0.25
     while True:
@@ -110,12 +114,25 @@ async def start_client(client: Startable, what: str, options: KafkaClientOptions
             return
         except KafkaConnectionError as exc:
             if time.monotonic() + delay > deadline:
+                await _close(client)
                 raise BrokerUnavailable(options.bootstrap_servers,
                                         f"{what}: {exc}; gave up after {options.connect_timeout:.0f}s") from None
+        except BaseException:
+            await _close(client)
+            raise
             log.warning("kafka_unreachable_retrying", client=what, bootstrap_servers=options.bootstrap_servers,
                         error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+
+async def _close(client: Startable) -> None:
+    # Producers and consumers have stop(); the admin client has close().
+    close = getattr(client, "stop", None) or getattr(client, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 class _RepeatedLogFilter(logging.Filter):

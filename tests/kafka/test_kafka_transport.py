@@ -15,6 +15,7 @@ from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import BrokerUnavailable, MeshrunError, TopicPartitionMismatch, TransportStateError
 from meshrun.transport.base import Record
 from meshrun.transport.kafka import KafkaTransport
+from meshrun.transport.memory import partition_for
 from tests.kafka.broker import eventually, kafka_transport, unique
 
 pytestmark = pytest.mark.kafka
@@ -88,12 +89,17 @@ async def test_members_joining_and_leaving_hand_partitions_over_without_loss_or_
 
     a = await kafka.subscribe(topic, group, member("a"), retry=RETRY, member="a")
     await a.wait_joined(30)
+    published: list[bytes] = []
+    keep_publishing = True
 
-    async def publish_all() -> None:
-        for i in range(300):
-            await kafka.publish(topic, str(i).encode(), key=f"k{i}".encode())
+    async def publish_until_told() -> None:
+        while keep_publishing:
+            value = str(len(published)).encode()
+            await kafka.publish(topic, value, key=b"k" + value)
+            published.append(value)
+            await asyncio.sleep(0.001)  # a steady stream rather than one burst, so it spans both rebalances
 
-    publishing = asyncio.create_task(publish_all())
+    publishing = asyncio.create_task(publish_until_told())
     await eventually(lambda: len(handled) >= 50, what="member a to handle 50 records")
     b = await kafka.subscribe(topic, group, member("b"), retry=RETRY, member="b")
     await eventually(lambda: a.assigned_partitions and b.assigned_partitions
@@ -101,14 +107,81 @@ async def test_members_joining_and_leaving_hand_partitions_over_without_loss_or_
     await eventually(lambda: len(by_member["b"]) >= 20, what="member b to handle records")
     await a.stop(grace_period=10)
     await eventually(lambda: b.assigned_partitions == {0, 1, 2, 3}, what="b to take over every partition")
+    handled_by_b = len(by_member["b"])
+    await eventually(lambda: len(by_member["b"]) >= handled_by_b + 40, what="b to handle records after a left")
+    keep_publishing = False
     await publishing
-    await eventually(lambda: len(handled) == 300, what="all 300 records")
+    await eventually(lambda: len(handled) == len(published), what=f"all {len(published)} records")
     await b.stop(grace_period=10)
 
-    assert set(handled) == {str(i).encode() for i in range(300)}
+    assert set(handled) == set(published)
     doubled = [v for v, n in handled.items() if n > 1]
     assert doubled == []
     assert by_member["a"] and by_member["b"]
+
+
+async def test_a_partition_whose_handler_is_behind_stops_fetching_and_resumes_in_order(bootstrap: str) -> None:
+    transport = kafka_transport(bootstrap, max_in_flight_per_partition=20, max_poll_records=10)
+    await transport.start()
+    try:
+        topic = unique("backpressure")
+        await transport.ensure_topics([TopicConfig(topic, 1)])
+        await asyncio.gather(*(transport.publish(topic, str(i).encode()) for i in range(300)))
+        handled: list[int] = []
+        most_buffered = 0
+        paused_seen = False
+
+        async def slow(record: Record) -> None:
+            nonlocal most_buffered, paused_seen
+            [worker] = sub._workers.values()
+            most_buffered = max(most_buffered, len(worker.queue))
+            paused_seen = paused_seen or worker.paused
+            handled.append(record.offset)
+            await asyncio.sleep(0)
+
+        sub = await transport.subscribe(topic, unique("group"), slow, retry=RETRY)
+        await eventually(lambda: len(handled) == 300, what="300 records")
+        assert handled == list(range(300))
+        assert paused_seen
+        assert most_buffered <= 20 + 10  # the bound, plus at most one fetched batch
+    finally:
+        await transport.stop()
+
+
+async def test_a_rebalance_cancels_a_handler_stuck_past_the_grace_period_and_redelivers_its_record(
+        bootstrap: str) -> None:
+    # rebalance_timeout_ms 4 s: a revoked partition's handler gets half of it, 2 s, to finish.
+    transport = kafka_transport(bootstrap, rebalance_timeout_ms=4000)
+    await transport.start()
+    try:
+        topic = unique("stuck")
+        group = unique("group")
+        await transport.ensure_topics([TopicConfig(topic, 2)])
+        stuck = asyncio.Event()
+        got: dict[str, list[bytes]] = {"a": [], "b": []}
+
+        async def hangs_on_p0(record: Record) -> None:
+            got["a"].append(record.value)
+            if record.partition == 0:
+                stuck.set()
+                await asyncio.Event().wait()
+
+        async def works(record: Record) -> None:
+            got["b"].append(record.value)
+
+        a = await transport.subscribe(topic, group, hangs_on_p0, retry=RETRY, member="a")
+        await a.wait_joined(30)
+        p0 = next(k for i in itertools.count() if partition_for(k := f"k{i}".encode(), 2, itertools.count()) == 0)
+        await transport.publish(topic, b"stuck", key=p0)
+        await asyncio.wait_for(stuck.wait(), 30)
+        b = await transport.subscribe(topic, group, works, retry=RETRY, member="b")
+        await eventually(lambda: b.assigned_partitions and a.assigned_partitions, what="a split")
+        if 0 in b.assigned_partitions:
+            await eventually(lambda: got["b"] == [b"stuck"], what="b to get the stuck record again")
+        else:  # a kept partition 0: its new worker starts over at the uncommitted record
+            await eventually(lambda: got["a"] == [b"stuck", b"stuck"], what="a to get the stuck record again")
+    finally:
+        await transport.stop()
 
 
 async def test_live_members_are_read_from_the_broker(kafka: KafkaTransport) -> None:
@@ -165,7 +238,6 @@ def test_tls_files_without_a_tls_protocol_are_refused() -> None:
 
 def test_the_partitioner_matches_the_in_memory_one_whatever_the_partition_order() -> None:
     from meshrun.transport.kafka import _KeyPartitioner
-    from meshrun.transport.memory import partition_for
 
     partitioner = _KeyPartitioner()
     for i in range(50):

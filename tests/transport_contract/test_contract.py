@@ -393,3 +393,27 @@ async def test_a_topic_declared_with_another_partition_count_is_refused(transpor
     await transport.ensure_topics([TopicConfig(topic, 2)])  # the same declaration again is fine
     with pytest.raises(TransportStateError, match="exists with 2 partitions, configured with 3"):
         await transport.ensure_topics([TopicConfig(topic, 3)])
+
+
+async def test_a_handler_still_running_after_the_grace_period_is_cancelled_and_its_record_redelivered(
+        transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    group = unique("group")
+    await transport.publish(topic, b"slow")
+    await transport.publish(topic, b"next")
+    started = asyncio.Event()
+
+    async def hangs(record: Record) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a call that never returns
+
+    first = Collector(hangs)
+    sub = await join(transport, topic, first, group)
+    await asyncio.wait_for(started.wait(), 30)
+    await sub.stop(grace_period=0.2)
+    assert first.values == [b"slow"]
+
+    second = Collector()
+    await join(transport, topic, second, group)
+    await eventually(lambda: len(second.records) == 2, what="both records for the next member")
+    assert second.values == [b"slow", b"next"]
