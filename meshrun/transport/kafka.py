@@ -129,8 +129,10 @@ class KafkaTransport(Transport):
 
     async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
         if topic not in self._partitions:
-            source = await self._partition_count(record.topic)
-            await self.ensure_topics([TopicConfig(topic, source)])
+            # The runtime declares dead-letter topics at start; this covers a transport used on its own.
+            partitions = await self._partition_count(record.topic)
+            replicas = await self._admin.replication_factor(record.topic)
+            await self.ensure_topics([TopicConfig(topic, partitions, replicas)])
         await self.publish(topic, record.value, key=record.key, headers=headers)
 
     async def subscribe(self, topic: str, group: str, handler: Handler, *, retry: RetryConfig,

@@ -100,6 +100,12 @@ class KafkaAdmin:
                 counts[info["topic"]] = len(info["partitions"])
         return counts
 
+    async def replication_factor(self, topic: str) -> int:
+        [info] = await self.admin.describe_topics([topic])
+        if info["error_code"] or not info["partitions"]:
+            raise UnknownTopic(topic)
+        return len(info["partitions"][0]["replicas"])
+
     async def partition_count(self, topic: str) -> int:
         count = (await self.partition_counts([topic])).get(topic)
         if count is None:

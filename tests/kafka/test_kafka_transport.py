@@ -12,8 +12,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
-from meshrun.errors import BrokerUnavailable, MeshrunError, TopicPartitionMismatch, TransportStateError
+from meshrun.errors import (
+    BrokerUnavailable,
+    MeshrunError,
+    TopicPartitionMismatch,
+    TransportStateError,
+    UnknownTopic,
+)
 from meshrun.transport.base import Record
+from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 from meshrun.transport.kafka import KafkaTransport
 from meshrun.transport.memory import partition_for
 from tests.kafka.broker import eventually, kafka_transport, unique
@@ -182,6 +189,30 @@ async def test_a_rebalance_cancels_a_handler_stuck_past_the_grace_period_and_red
             await eventually(lambda: got["a"] == [b"stuck", b"stuck"], what="a to get the stuck record again")
     finally:
         await transport.stop()
+
+
+async def test_an_undeclared_dead_letter_topic_is_created_like_its_source(kafka: KafkaTransport) -> None:
+    topic = unique("no-dlq-declared")
+    await kafka.ensure_topics([TopicConfig(topic, 2)])
+
+    async def poison(record: Record) -> None:
+        raise PoisonEvent("cannot decode")
+
+    sub = await kafka.subscribe(topic, unique("group"), poison, retry=RETRY)
+    await sub.wait_joined(30)
+    await kafka.publish(topic, b"?", key=b"k")
+    dlq = dead_letter_topic(topic)
+
+    async def dead_lettered() -> bool:
+        try:
+            [info] = await kafka.describe([dlq])
+        except UnknownTopic:
+            return False
+        _, ends = await kafka._admin.log_offsets([TopicPartition(dlq, p) for p in range(info.partitions)])
+        return info.partitions == 2 and sum(ends.values()) == 1
+
+    await eventually(dead_lettered, what=f"{dlq} created with 2 partitions, holding the record")
+    assert await kafka._admin.replication_factor(dlq) == 1
 
 
 async def test_live_members_are_read_from_the_broker(kafka: KafkaTransport) -> None:
