@@ -120,6 +120,7 @@ def check(config_path: str, transport: str | None, only: str | None, exclude: st
 def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> T:
     from meshrun.transport import create_transport
 
+    configure_logging("console", "warning")  # the command's output is the answer, not the client's chatter
     async def go() -> T:
         transport = create_transport(config)
         await transport.start()
@@ -175,7 +176,7 @@ def topics(config_path: str, transport: str | None) -> None:
             total = sum(p["lag"] for p in lags)
             detail = " ".join(f"p{p['partition']}:{p['committed'] if p['committed'] is not None else '-'}"
                               f"/{p['log_end']}" for p in lags)
-            click.echo(f"  {group:<22} lag {total:<8} {detail}")
+            click.echo(f"  {group:<30} lag {total:<8} {detail}")
 
 
 @main.command()
