@@ -66,16 +66,28 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @click.option("--ready-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for every service to report ready.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes sharing each HTTP port (SO_REUSEPORT), for stateless HTTP services on Kafka, "
+                   "e.g. --only orders --workers 2.")
 def up(config_path: str, transport: str | None, only: str | None, exclude: str | None, log_format: str | None,
-       log_level: str | None, ready_timeout: float) -> None:
+       log_level: str | None, ready_timeout: float, workers: int) -> None:
     """Start the services of services.toml and run until Ctrl-C or SIGTERM."""
     from meshrun.runtime import Mesh
 
     try:
         config = _load(config_path, transport)
         names = select(config, _names(only), _names(exclude))
+        if workers > 1 and config.transport != "kafka":
+            raise MeshrunError("--workers needs the Kafka transport: the in-memory transport lives inside one "
+                               "process, so workers would not see each other's events")
     except MeshrunError as exc:
         fail(exc)
+    if workers > 1:
+        argv = ["--config", config_path, "--transport", config.transport, "--only", ",".join(names),
+                "--ready-timeout", str(ready_timeout)]
+        argv += ["--log-format", log_format] if log_format else []
+        argv += ["--log-level", log_level] if log_level else []
+        sys.exit(_run_workers(workers, argv))
     configure_logging(log_format or config.log_format, log_level or config.log_level)
 
     async def serve() -> None:
@@ -93,6 +105,25 @@ def up(config_path: str, transport: str | None, only: str | None, exclude: str |
         run_loop(serve)
     except (MeshrunError, TimeoutError) as exc:
         fail(exc)
+
+
+def _run_workers(workers: int, argv: list[str]) -> int:
+    """Run `meshrun up` in `workers` processes that share their ports; forward Ctrl-C/SIGTERM; wait for all."""
+    import subprocess
+
+    env = {**os.environ, "MESHRUN_REUSE_PORT": "1"}
+    children = [subprocess.Popen([sys.executable, "-m", "meshrun", "up", *argv], env={**env, "MESHRUN_WORKER": str(i)})
+                for i in range(workers)]
+
+    def forward(signum: int, _: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [child.wait() for child in children]
+    return max(codes)
 
 
 @main.command()

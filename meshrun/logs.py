@@ -5,6 +5,7 @@ Configured once per process for speed (cached loggers, orjson, no frame inspecti
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -42,5 +43,8 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
 
 
 def service_logger(service: str) -> Any:
-    """The logger of one service: every line it writes carries the service name."""
-    return structlog.get_logger("meshrun").bind(service=service)
+    """The logger of one service: every line it writes carries the service name (and the worker number of
+    `meshrun up --workers N`)."""
+    worker = os.environ.get("MESHRUN_WORKER")
+    log = structlog.get_logger("meshrun").bind(service=service)
+    return log.bind(worker=int(worker)) if worker else log

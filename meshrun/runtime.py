@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +150,9 @@ class Mesh:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.grace_period,
                                handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
+        # `meshrun up --workers N` starts N processes that share each port; the kernel spreads connections.
+        site = web.TCPSite(runner, self.config.host, port, reuse_address=True,
+                           reuse_port=os.environ.get("MESHRUN_REUSE_PORT") == "1")
         try:
             await site.start()
         except OSError as exc:

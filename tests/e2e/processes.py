@@ -15,8 +15,9 @@ from typing import Any
 class MeshProcess:
     """One `meshrun up --only ...` process writing JSON logs to a file."""
 
-    def __init__(self, config: Path, only: str, log_dir: Path, name: str | None = None) -> None:
-        self.config, self.only = config, only
+    def __init__(self, config: Path, only: str, log_dir: Path, name: str | None = None,
+                 extra: tuple[str, ...] = (), ready_lines: int = 1) -> None:
+        self.config, self.only, self.extra, self.ready_lines = config, only, extra, ready_lines
         self.name = name or only.replace(",", "+")
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -27,7 +28,7 @@ class MeshProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meshrun", "up", "--config", str(self.config), "--only", self.only,
-             "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT,
+             "--log-format", "json", *self.extra], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "MESHRUN_UVLOOP": os.environ.get("MESHRUN_UVLOOP", "1")})
         log.close()
         return self
@@ -44,7 +45,7 @@ class MeshProcess:
 
     async def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
-        while sum(1 for e in self.events() if e.get("event") == "mesh_ready") < self.starts:
+        while sum(1 for e in self.events() if e.get("event") == "mesh_ready") < self.starts * self.ready_lines:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n"
                                      f"{self.log_path.read_text()[-3000:]}")
