@@ -142,6 +142,7 @@ class KafkaSubscription(Subscription):
         self._state = SubscriptionState.STOPPING
         if self._fetch_task is not None:
             # Cancelling is safe at any await of the loop: records are handed to workers without awaiting.
+            # The loop also checks the state, in case a library call swallows the cancellation.
             self._fetch_task.cancel()
             await asyncio.gather(self._fetch_task, return_exceptions=True)
         await self.retire(set(self._workers), grace_period)
@@ -158,7 +159,7 @@ class KafkaSubscription(Subscription):
         """Fetch batches, feed each partition's worker, and commit what the workers finished every interval."""
         timeout_ms = max(1, int(self.options.commit_interval * 1000))
         backoff = 0.1
-        while True:
+        while self._state not in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
             try:
                 batch = await self.consumer.getmany(timeout_ms=timeout_ms)
             except ConsumerStoppedError:
@@ -205,7 +206,10 @@ class KafkaSubscription(Subscription):
             if not offsets:
                 return
             try:
-                await asyncio.wait_for(self.consumer.commit(offsets), min(self.options.connect_timeout, 10.0))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as the
+                # commit completes, and stop() would then wait for a fetch loop that never ends.
+                async with asyncio.timeout(min(self.options.connect_timeout, 10.0)):
+                    await self.consumer.commit(offsets)
             except CommitFailedError:
                 # The group rebalanced first: another member redelivers these records (at least once).
                 log.warning("kafka_commit_rejected_after_rebalance", offsets=_show(offsets), **self._where)

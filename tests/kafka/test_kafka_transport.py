@@ -215,6 +215,40 @@ async def test_an_undeclared_dead_letter_topic_is_created_like_its_source(kafka:
     assert await kafka._admin.replication_factor(dlq) == 1
 
 
+async def test_stop_returns_even_when_it_lands_as_a_commit_completes(bootstrap: str) -> None:
+    # Commits every millisecond under a steady stream, stopped at varying moments: on Python 3.11 a cancellation
+    # that arrived as a commit completed used to be lost, and stop() waited forever (about 1 stop in 30).
+    transport = kafka_transport(bootstrap, commit_interval_ms=1)
+    await transport.start()
+    try:
+        topic = unique("stop-race")
+        await transport.ensure_topics([TopicConfig(topic, 1)])
+        streaming = True
+
+        async def stream() -> None:
+            while streaming:
+                await transport.publish(topic, b"x")
+
+        publisher = asyncio.create_task(stream())
+
+        handled = 0
+
+        async def count(record: Record) -> None:
+            nonlocal handled
+            handled += 1
+
+        for attempt in range(60):
+            handled = 0
+            sub = await transport.subscribe(topic, unique("group"), count, retry=RETRY)
+            await eventually(lambda: handled > 0, what="records being handled and committed")
+            await asyncio.sleep(0.002 * (attempt % 9))  # stop at a different moment of the commit cycle each time
+            await asyncio.wait_for(sub.stop(grace_period=1), 10)
+        streaming = False
+        await publisher
+    finally:
+        await transport.stop()
+
+
 async def test_live_members_are_read_from_the_broker(kafka: KafkaTransport) -> None:
     topic = unique("members")
     group = unique("group")
