@@ -1,13 +1,14 @@
 """Helpers for end-to-end tests: tokens the way clients get them, polling, HTTP shortcuts."""
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
 from meshrun.auth.login import client_credentials, user_login
+from tests.polling import eventually
+
+__all__ = ["eventually", "get_json", "machine_token", "post_order", "user_token"]
 
 
 async def user_token(issuer: str, username: str = "alice", password: str = "alice-password") -> str:
@@ -17,20 +18,6 @@ async def user_token(issuer: str, username: str = "alice", password: str = "alic
 async def machine_token(issuer: str, scope: str = "users.notify") -> str:
     return str((await client_credentials(issuer, "notification-service", "notification-secret", scope))
                ["access_token"])
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns a truthy value; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:

@@ -9,15 +9,9 @@ from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import Backpressure
 from meshrun.transport.base import Record
 from meshrun.transport.memory import InMemoryTransport
+from tests.polling import eventually
 
 RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
@@ -32,7 +26,7 @@ async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
     await transport.subscribe("t", "g", handle, retry=RETRY)
     for i in range(200):
         await transport.publish("t", b"x", key=b"k")
-        await until(lambda: len(seen) == i + 1)
+        await eventually(lambda: len(seen) == i + 1)
     part = transport._topics["t"].partitions[0]
     assert len(part.records) <= 10 and part.log_start >= 190
     assert seen == list(range(200))
@@ -58,7 +52,7 @@ async def test_a_slow_consumer_makes_publishers_wait_and_nothing_is_dropped():
     assert not blocked.done()  # the partition is full of records the slow group has not handled
     gate.set()
     await asyncio.wait_for(blocked, 5)
-    await until(lambda: len(seen) == 6)
+    await eventually(lambda: len(seen) == 6)
     assert seen == [str(i).encode() for i in range(6)]
     await transport.stop()
 

@@ -10,20 +10,13 @@ import pytest
 from meshrun.errors import PortInUse
 from meshrun.runtime import Mesh
 from tests.conftest import make_config
+from tests.polling import eventually
 
 
 def greeter_config(ports, **service) -> dict:
     return {"topics": {"greetings": {"partitions": 3}},
             "services": {"greeter": {"module": "meshrun.examples.greeter", "port": ports["greeter"],
                                      "group": "greeter-group", **service}}}
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_greeter_publishes_and_consumes_over_real_http(ports):
@@ -37,7 +30,7 @@ async def test_greeter_publishes_and_consumes_over_real_http(ports):
                 async with http.post(f"{base}/greet/{name}") as r:
                     assert r.status == 202
             state = mesh.services["greeter"].ctx.state
-            await wait_for(lambda: len(state.get("greeted", [])) == 3)
+            await eventually(lambda: len(state.get("greeted", [])) == 3)
             assert sorted(state["greeted"]) == ["ada", "bob", "cy"]
             async with http.get(f"{base}/health") as r:
                 assert r.status == 200 and (await r.json())["status"] == "alive"
@@ -102,7 +95,7 @@ async def test_graceful_stop_finishes_in_flight_handlers_and_commits(ports):
             async with http.post(f"http://127.0.0.1:{ports['slow']}/work/{n}") as r:
                 assert r.status == 202
     state = mesh.services["slow"].ctx.state
-    await wait_for(lambda: "in_flight" in state)
+    await eventually(lambda: "in_flight" in state)
     await mesh.stop()
     # The handler that was running when stop began finished; nothing started was abandoned.
     assert state["done"] == state["started"]
@@ -128,7 +121,7 @@ async def test_failing_handler_is_retried_not_dropped(ports):
         for n in range(3):
             await mesh.transport.publish("work", str(n).encode(), key=b"k")
         state = mesh.services["flaky"].ctx.state
-        await wait_for(lambda: len(state.get("done", [])) == 3)
+        await eventually(lambda: len(state.get("done", [])) == 3)
         assert state["done"] == ["0", "1", "2"]  # in order, each after two failures
         assert set(state["attempts"].values()) == {3}
     finally:
