@@ -42,7 +42,8 @@ class _DescribeGroupsV2(Request[DescribeGroupsRequest_v1 | DescribeGroupsRequest
 
 
 class KafkaAdmin:
-    """One admin connection and one group-less consumer (for log offsets) per transport, both started lazily."""
+    """One admin connection (started with the transport) and one group-less consumer for log offsets (started on
+    first use) per transport."""
 
     def __init__(self, options: KafkaClientOptions) -> None:
         self.options = options
