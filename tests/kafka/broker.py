@@ -5,12 +5,10 @@ tests are skipped locally and fail on CI (CI=true), where a missing broker is a 
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -47,18 +45,3 @@ def unique(prefix: str) -> str:
     """A topic or group name no other test (or earlier run against the same broker) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
-
-async def eventually(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)

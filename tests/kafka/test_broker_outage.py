@@ -17,7 +17,8 @@ import pytest
 from meshrun.config import RetryConfig, TopicConfig
 from meshrun.transport.base import Record, SubscriptionState
 from tests.conftest import free_port
-from tests.kafka.broker import eventually, kafka_transport, unique
+from tests.kafka.broker import kafka_transport, unique
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -23,7 +23,8 @@ from meshrun.transport.base import Record
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 from meshrun.transport.kafka import KafkaTransport
 from meshrun.transport.memory import partition_for
-from tests.kafka.broker import eventually, kafka_transport, unique
+from tests.kafka.broker import kafka_transport, unique
+from tests.polling import eventually
 
 pytestmark = pytest.mark.kafka
 

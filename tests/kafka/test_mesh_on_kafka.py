@@ -7,7 +7,8 @@ import pytest
 from meshrun.runtime import Mesh
 from meshrun.transport.delivery import dead_letter_topic
 from tests.conftest import make_config
-from tests.kafka.broker import TEST_OPTIONS, eventually, unique
+from tests.kafka.broker import TEST_OPTIONS, unique
+from tests.polling import eventually
 
 pytestmark = pytest.mark.kafka
 

@@ -18,7 +18,8 @@ from meshrun.errors import GroupHasLiveMembers, TransportStateError, UnknownTopi
 from meshrun.transport.base import Record, StartFrom, Subscription, Transport
 from meshrun.transport.delivery import PoisonEvent, RetryLater, dead_letter_topic
 from meshrun.transport.memory import partition_for
-from tests.kafka.broker import eventually, unique
+from tests.kafka.broker import unique
+from tests.polling import eventually
 
 FAST_RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
 
