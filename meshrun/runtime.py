@@ -19,7 +19,7 @@ from meshrun.context import EventContext, ServiceContext
 from meshrun.errors import PortInUse
 from meshrun.events import EventDecodeError, decode
 from meshrun.http.server import create_app
-from meshrun.logs import service_logger
+from meshrun.logs import flush_logs, service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import Subscriber
 from meshrun.transport import create_transport
@@ -248,6 +248,7 @@ class Mesh:
 
     async def run(self, stop: asyncio.Event, ready_timeout: float = 60.0) -> None:
         """Start, report readiness, wait for `stop` (set by a signal), then shut down gracefully."""
+        flusher = asyncio.create_task(self._flush_logs_periodically())
         await self.start()
         try:
             elapsed = await self.wait_ready(ready_timeout)
@@ -257,4 +258,12 @@ class Mesh:
             self.log.info("mesh_stopping")
         finally:
             await self.stop()
+            flusher.cancel()
         self.log.info("mesh_stopped")
+        flush_logs()
+
+    @staticmethod
+    async def _flush_logs_periodically(interval: float = 0.1) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            flush_logs()
