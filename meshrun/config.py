@@ -68,7 +68,7 @@ class ServiceConfig:
 
 @dataclass(frozen=True, slots=True)
 class MemoryTransportConfig:
-    retention: int = 10_000
+    retention: int = 2_000
     publish_timeout: float = 30.0
 
 
@@ -190,7 +190,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
     transport_table = root.table("transport")
     mem = transport_table.table("memory")
     memory = MemoryTransportConfig(
-        retention=mem.positive("retention", 10_000),
+        retention=mem.positive("retention", 2_000),
         publish_timeout=mem.positive("publish_timeout", 30.0, float),
     )
     mem.finish()
