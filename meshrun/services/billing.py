@@ -19,7 +19,7 @@ INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")
 @dataclass(frozen=True)
 class BillingSettings:
     tax_rate_bp: int = 0  # tax in basis points (2000 = 20 %), rounded half up to the minor unit
-    remember_orders: int = 100_000  # order ids remembered to skip a reposted order within this process
+    remember_orders: int = 10_000  # order ids remembered to skip a reposted order within this process
 
     def __post_init__(self) -> None:
         if not 0 <= self.tax_rate_bp <= 10_000:

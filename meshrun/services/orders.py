@@ -93,7 +93,7 @@ def _parse_item(index: int, raw: Any) -> LineItem:
                     unit_price=_int(raw["unit_price"], f"{where}.unit_price", 0, MAX_UNIT_PRICE))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Accepted:
     order_id: str
     event_id: str
@@ -137,7 +137,9 @@ class OrderLedger:
 
 @dataclass(frozen=True)
 class OrderSettings:
-    remember_orders: int = 100_000  # order ids remembered for idempotent reposts in this process
+    # Order ids remembered to answer a repost with the first answer (about 300 bytes each). Beyond the window a
+    # repost is placed again; its invoice id is the same and the User service notifies once per invoice.
+    remember_orders: int = 20_000
 
 
 service = Service("orders", settings=settings_from(OrderSettings), max_body_bytes=16 * 1024)
