@@ -17,6 +17,9 @@ import orjson
 from meshrun.bench.report import Latency, PipelineFigures
 
 ORDER_BODY = orjson.dumps({"items": [{"sku": "BENCH-1", "quantity": 2, "unit_price": 1250}], "currency": "EUR"})
+# The User service lists notifications by copying its whole store, so each read costs the mesh O(notifications):
+# read twice a second while orders are still being sent, ten times a second while waiting for the last ones.
+POLL_WHILE_SENDING = 0.5
 POLL_INTERVAL = 0.1
 ProgressFn = Callable[["OrderRun", str], None]
 
@@ -233,7 +236,7 @@ class NotificationFollower:
                     return
                 if time.time() - max(run.last_accept, run.last_notified) > drain_timeout:
                     return
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(POLL_INTERVAL if run.sending_done else POLL_WHILE_SENDING)
 
 
 async def drive(http: aiohttp.ClientSession, poll_http: aiohttp.ClientSession, target: Target,
