@@ -25,7 +25,7 @@ def run_bench(tmp_path: Path, ports: Any, *args: str, transport: str = "memory",
     result = subprocess.run(
         [sys.executable, "-m", "meshrun", "bench", "--config", str(config), "--orders", "50", "--concurrency", "8",
          "--warmup", "10", "--token-seconds", "0.2", "--json", str(out), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})},
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return json.loads(out.read_text()), result
