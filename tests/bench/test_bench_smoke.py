@@ -4,7 +4,6 @@ real HTTP. It asserts what must always hold (nothing lost, nothing doubled, a we
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,19 @@ OPTIONAL_NUMBER = (int, float, type(None))
 
 
 def run_bench(tmp_path: Path, ports: Any, *args: str, transport: str = "memory", suffix: str = "",
-              env: dict[str, str] | None = None) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    config = write_toml(tmp_path / "services.toml", pipeline_data(tmp_path, ports, transport, suffix))
+              kafka: dict[str, Any] | None = None) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    data = pipeline_data(tmp_path, ports, transport, suffix)
+    if kafka is not None:
+        data["transport"]["kafka"] = kafka
+        for service in data["services"].values():
+            if "group" in service:  # new groups start at the end, not at every order earlier tests left on the broker
+                service["start_from"] = "latest"
+    config = write_toml(tmp_path / "services.toml", data)
     out = tmp_path / "out.json"
     result = subprocess.run(
         [sys.executable, "-m", "meshrun", "bench", "--config", str(config), "--orders", "50", "--concurrency", "8",
          "--warmup", "10", "--token-seconds", "0.2", "--json", str(out), *args],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})},
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return json.loads(out.read_text()), result
@@ -74,9 +79,9 @@ def test_bench_drives_the_in_memory_mesh_and_loses_nothing(tmp_path, ports):
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_bench_drives_the_kafka_mesh_and_loses_nothing(tmp_path, ports):
-    from tests.kafka.broker import kafka_bootstrap, unique
+    from tests.kafka.broker import TEST_OPTIONS, kafka_bootstrap, unique
 
     bootstrap = kafka_bootstrap()  # skips without a broker; fails with CI=true
     report, _ = run_bench(tmp_path, ports, transport="kafka", suffix="-" + unique("bench"),
-                          env={"MESHRUN_KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+                          kafka={"bootstrap_servers": bootstrap, **TEST_OPTIONS})
     assert_report(report, "kafka")
