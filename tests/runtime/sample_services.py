@@ -13,7 +13,7 @@ slow = Service("slow")
 slow.publisher("work")
 
 
-@slow.route("POST", "/work/{n}")
+@slow.route("POST", "/jobs/{n}")
 async def post_work(request: web.Request, ctx: ServiceContext) -> web.Response:
     n = request.match_info["n"]
     await ctx.publish("work", n.encode(), key=n)

@@ -92,7 +92,7 @@ async def test_graceful_stop_finishes_in_flight_handlers_and_commits(ports):
     await mesh.start()
     async with aiohttp.ClientSession() as http:
         for n in range(3):
-            async with http.post(f"http://127.0.0.1:{ports['slow']}/work/{n}") as r:
+            async with http.post(f"http://127.0.0.1:{ports['slow']}/jobs/{n}") as r:
                 assert r.status == 202
     state = mesh.services["slow"].ctx.state
     await eventually(lambda: "in_flight" in state)
