@@ -161,7 +161,9 @@ class Mesh:
                     await self._start_http(running)
             for running in self.services.values():
                 await self._start_consumers(running)
-            if self.config.admin_port is not None:
+            # The admin endpoint serves the in-memory transport, which lives in this process; a Kafka mesh is
+            # split across processes that would all claim the port, and `meshrun topics` asks Kafka directly.
+            if self.config.admin_port is not None and self.transport.name == "memory":
                 await self._start_admin()
         except BaseException:
             await self.stop()

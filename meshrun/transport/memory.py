@@ -172,7 +172,9 @@ class MemorySubscription(Subscription):
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
                 committed[key] = position + 1
-            if part.space_waiters:
+            # Room appears only when the oldest record has been handled; waking publishers for every record
+            # made them re-check (and re-arm their timeouts) thousands of times a second under backpressure.
+            if part.space_waiters and position <= part.log_start:
                 part.wake(part.space_waiters)
 
 
