@@ -270,8 +270,11 @@ class InMemoryTransport(Transport):
                     f"{part.next_offset - slowest} events behind and the partition holds its retention of "
                     f"{self.config.retention}; raise transport.memory.retention or speed up that consumer"
                 )
+            # Register before awaiting: a consumer that frees the oldest record right now must find this waiter.
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            part.space_waiters.append(room)
             try:
-                await asyncio.wait_for(part.wait(part.space_waiters), remaining)
+                await asyncio.wait_for(room, remaining)
             except TimeoutError:
                 pass
 
