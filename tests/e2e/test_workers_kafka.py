@@ -12,6 +12,7 @@ from tests.conftest import pipeline_data, write_toml
 from tests.e2e.helpers import post_order, user_token
 from tests.e2e.processes import MeshProcess
 from tests.kafka.broker import TEST_OPTIONS, kafka_bootstrap
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -47,10 +48,15 @@ async def test_two_order_workers_share_one_port_and_publish_every_order(tmp_path
                 status, answer = await post_order(http, f"http://127.0.0.1:{ports['orders']}", f"{prefix}-{i}", token)
                 assert status == 202, answer
         assert await order_events_end(bootstrap) - before == 20
-        accepted = [e for e in orders.events() if e.get("event") == "order_accepted"]
-        assert sorted(e["order_id"] for e in accepted) == sorted(f"{prefix}-{i}" for i in range(20))
+
+        def accepted() -> list[dict]:
+            return [e for e in orders.events() if e.get("event") == "order_accepted"]
+
+        # Log lines leave a process in buffered writes every 100 ms: wait for them rather than read at once.
+        await eventually(lambda: len(accepted()) >= 20, timeout=10, what="both workers' order_accepted lines")
+        assert sorted(e["order_id"] for e in accepted()) == sorted(f"{prefix}-{i}" for i in range(20))
         # 20 new connections spread by the kernel over both listeners (all on one: a 2-in-a-million chance).
-        assert {e["worker"] for e in accepted} == {0, 1}
+        assert {e["worker"] for e in accepted()} == {0, 1}
     finally:
         assert orders.stop() == 0
         auth.stop()
