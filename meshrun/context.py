@@ -54,7 +54,7 @@ class ServiceContext:
 
     def url_of(self, service: str) -> str:
         """Base URL of another service of this mesh, from services.toml (`settings.<service>_url` overrides)."""
-        override = self.config.settings.get(f"{service}_url") if isinstance(self.config.settings, dict) else None
+        override = self.config.settings.get(f"{service}_url")
         if override:
             return str(override).rstrip("/")
         if service not in self.mesh.services or self.mesh.services[service].port is None:

@@ -17,7 +17,6 @@ from meshrun.http.server import json_error, json_errors, json_response
 if TYPE_CHECKING:
     from meshrun.runtime import Mesh
 
-MESH = web.AppKey("meshrun.mesh", object)
 
 
 def topic_infos_to_json(infos: list[Any]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ encodes them) and retries (`meshrun.transport.delivery` applies one retry policy
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,18 +84,21 @@ class Subscription(abc.ABC):
 
     topic: str
     group: str
+    # Set by each implementation: its lifecycle state, and an event set at its first assignment.
+    _state: SubscriptionState
+    _joined: asyncio.Event
 
     @property
-    @abc.abstractmethod
-    def state(self) -> SubscriptionState: ...
+    def state(self) -> SubscriptionState:
+        return self._state
 
     @property
     @abc.abstractmethod
     def assigned_partitions(self) -> frozenset[int]: ...
 
-    @abc.abstractmethod
     async def wait_joined(self, timeout: float | None = None) -> None:
         """Return once the member has joined its group and received an assignment (possibly empty)."""
+        await asyncio.wait_for(self._joined.wait(), timeout)
 
     @abc.abstractmethod
     async def stop(self, grace_period: float) -> None:

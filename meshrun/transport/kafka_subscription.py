@@ -121,10 +121,6 @@ class KafkaSubscription(Subscription):
         self._where = dict(topic=topic, group=group, member=member)
 
     @property
-    def state(self) -> SubscriptionState:
-        return self._state
-
-    @property
     def assigned_partitions(self) -> frozenset[int]:
         return frozenset(self._workers)
 
@@ -132,9 +128,6 @@ class KafkaSubscription(Subscription):
         await start_client(self.consumer, f"consumer {self.member}", self.options)
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._fetch_task = asyncio.create_task(self._fetch(), name=f"{self.group}:{self.topic}:fetch")
-
-    async def wait_joined(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._joined.wait(), timeout)
 
     async def stop(self, grace_period: float) -> None:
         if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):

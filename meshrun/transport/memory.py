@@ -61,7 +61,7 @@ class _Partition:
                 fut.set_result(None)
         waiters.clear()
 
-    async def wait(self, waiters: list[asyncio.Future[None]], stop: asyncio.Event | None = None) -> None:
+    async def wait(self, waiters: list[asyncio.Future[None]]) -> None:
         fut = asyncio.get_running_loop().create_future()
         waiters.append(fut)
         await fut
@@ -101,15 +101,8 @@ class MemorySubscription(Subscription):
         self._tasks: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
 
     @property
-    def state(self) -> SubscriptionState:
-        return self._state
-
-    @property
     def assigned_partitions(self) -> frozenset[int]:
         return frozenset(self._tasks)
-
-    async def wait_joined(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._joined.wait(), timeout)
 
     async def stop(self, grace_period: float) -> None:
         if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):

@@ -25,9 +25,8 @@ class Pipeline:
         return self.mesh.services[service].ctx.state
 
     async def published(self, topic: str) -> int:
-        [info] = await self.mesh.transport.describe([topic])
-        return sum(p.log_end for lags in info.groups.values() for p in lags[:0]) or sum(
-            part.next_offset for part in self.mesh.transport._topics[topic].partitions)  # type: ignore[attr-defined]
+        """Records ever appended to `topic` (a group-independent count, so a topic nobody reads counts too)."""
+        return sum(part.next_offset for part in self.mesh.transport._topics[topic].partitions)  # type: ignore[attr-defined]
 
     async def notified(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         return await get_json(http, f"{self.users}/notifications/stats")
