@@ -117,13 +117,14 @@ async def start_client(client: Startable, what: str, options: KafkaClientOptions
                 await _close(client)
                 raise BrokerUnavailable(options.bootstrap_servers,
                                         f"{what}: {exc}; gave up after {options.connect_timeout:.0f}s") from None
+            log.warning("kafka_unreachable_retrying", client=what, bootstrap_servers=options.bootstrap_servers,
+                        error=str(exc), retry_in=delay)
         except BaseException:
             await _close(client)
             raise
-            log.warning("kafka_unreachable_retrying", client=what, bootstrap_servers=options.bootstrap_servers,
-                        error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        # Outside the except blocks: a cancellation during the wait must not be taken for a start failure.
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 
