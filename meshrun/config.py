@@ -33,6 +33,7 @@ KAFKA_OPTIONS: dict[str, type] = {
     "linger_ms": int,
     "commit_interval_ms": int,
     "max_in_flight_per_partition": int,
+    "max_unacked_per_partition": int,
 }
 
 

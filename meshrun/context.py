@@ -4,6 +4,7 @@ Built by the runtime for each service; services never construct transports or se
 """
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -34,12 +35,7 @@ class ServiceContext:
     async def publish(self, topic: str, event: Event | bytes, *, key: str | bytes | None = None,
                       headers: Headers = ()) -> RecordMetadata:
         """Publish an event (encoded once, here) or raw bytes; returns once the transport made it durable."""
-        if isinstance(event, Event):
-            value = encode(event)
-            headers = transport_headers(event) + headers
-        else:
-            value = event
-        raw_key = key.encode() if isinstance(key, str) else key
+        value, raw_key, headers = _record_of(event, key, headers)
         return await self.transport.publish(topic, value, key=raw_key, headers=headers)
 
     @property
@@ -73,16 +69,49 @@ class ServiceContext:
             await self._http.close()
 
 
+def _record_of(event: Event | bytes, key: str | bytes | None, headers: Headers) -> tuple[bytes, bytes | None, Headers]:
+    if isinstance(event, Event):
+        return encode(event), key.encode() if isinstance(key, str) else key, transport_headers(event) + headers
+    return event, key.encode() if isinstance(key, str) else key, headers
+
+
+def _retrieve(ack: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: a failed attempt's acks are dropped (the record is handled again), and asyncio would
+    otherwise log every one of them as never retrieved."""
+    if not ack.cancelled():
+        ack.exception()
+
+
 class EventContext:
     """The record being handled, and a logger bound with its topic, partition, offset, event id and trace id."""
 
-    __slots__ = ("service", "record", "log")
+    __slots__ = ("service", "record", "log", "acks")
 
     def __init__(self, service: ServiceContext, record: Record, log: Any) -> None:
         self.service = service
         self.record = record
         self.log = log
+        self.acks: list[asyncio.Future[Any]] | None = None
 
     async def publish(self, topic: str, event: Event | bytes, *, key: str | bytes | None = None,
-                      headers: Headers = ()) -> RecordMetadata:
-        return await self.service.publish(topic, event, key=key, headers=headers)
+                      headers: Headers = (), wait: bool = False) -> RecordMetadata | None:
+        """Publish an event from an event handler, in order with the handler's other publishes.
+
+        By default this returns once the record is queued, without waiting for the broker: the next record of the
+        partition is handled meanwhile, and the handled record's offset is committed only once every record its
+        handler published is durable. A publish that fails makes the record be handled again (at least once).
+        `wait=True` waits until this record is durable and returns where it landed, as `ServiceContext.publish`.
+        """
+        if wait:
+            return await self.service.publish(topic, event, key=key, headers=headers)
+        value, raw_key, headers = _record_of(event, key, headers)
+        ack = await self.service.transport.send(topic, value, key=raw_key, headers=headers)
+        if ack.done():
+            ack.result()  # raises a publish that failed at once
+            return None
+        ack.add_done_callback(_retrieve)
+        if self.acks is None:
+            self.acks = [ack]
+        else:
+            self.acks.append(ack)
+        return None

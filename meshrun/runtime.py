@@ -23,7 +23,7 @@ from meshrun.logs import flush_logs, service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import Subscriber
 from meshrun.transport import create_transport
-from meshrun.transport.base import Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
+from meshrun.transport.base import Acks, Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 
 
@@ -60,19 +60,22 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: Dec
     event_type = subscriber.event
     base_log = ctx.log
 
-    async def handle(record: Record) -> None:
+    async def handle(record: Record) -> Acks | None:
         if event_type is None:
             event_id = record.header("meshrun-event-id")
             trace_id = record.header("meshrun-trace-id")
             log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                                 event_id=event_id.decode() if event_id else None,
                                 trace_id=trace_id.decode() if trace_id else None)
-            await handler(record, EventContext(ctx, record, log))
-            return
+            event_ctx = EventContext(ctx, record, log)
+            await handler(record, event_ctx)
+            return event_ctx.acks
         event = decoded.decode(record, event_type)
         log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                             event_id=event.event_id, trace_id=event.trace_id)
-        await handler(event, EventContext(ctx, record, log))
+        event_ctx = EventContext(ctx, record, log)
+        await handler(event, event_ctx)
+        return event_ctx.acks  # the transport commits this record once they resolve
 
     return handle
 

@@ -10,7 +10,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Literal, Sequence
+from typing import Any, Awaitable, Callable, Literal, Sequence
 
 from meshrun.config import RetryConfig, TopicConfig
 
@@ -45,7 +45,10 @@ class RecordMetadata:
     offset: int
 
 
-Handler = Callable[[Record], Awaitable[None]]
+# A handled record may leave publishes in flight: the acknowledgements (futures of `Transport.send`) the record's
+# offset must wait for before it is committed. None (or empty) when there are none.
+Acks = Sequence[asyncio.Future[Any]]
+Handler = Callable[[Record], Awaitable[Acks | None]]
 StartFrom = Literal["earliest", "latest"]
 ResetTarget = Literal["earliest", "latest"] | datetime
 
@@ -125,6 +128,17 @@ class Transport(abc.ABC):
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
     ) -> RecordMetadata:
         """Append one record; returns once it is durable (Kafka: acknowledged by all in-sync replicas)."""
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> asyncio.Future[Any]:
+        """Queue one record behind every record sent before it and return without waiting for it to be durable;
+        the returned future resolves once it is (or fails). Records sent one after the other to a partition keep
+        their order. This default publishes and returns a resolved future; Kafka keeps many sends in flight.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(await self.publish(topic, value, key=key, headers=headers))
+        return future
 
     @abc.abstractmethod
     async def subscribe(

@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 import structlog
 
 from meshrun.config import RetryConfig
-from meshrun.transport.base import Handler, Headers, Record
+from meshrun.transport.base import Acks, Handler, Headers, Record
 
 log = structlog.get_logger("meshrun.delivery")
 
@@ -61,15 +61,15 @@ async def deliver(
     retry: RetryConfig,
     dead_letter: DeadLetter,
     stopping: asyncio.Event,
-) -> bool:
+) -> Acks | None:
     """Hand `record` to `handler` until it succeeds or is dead-lettered.
 
-    Returns True when the record is done and its offset may be committed; False when a stop was requested
-    before it was done (the offset stays uncommitted, so the record is redelivered later).
+    Returns the acknowledgements the handler's publishes still wait for (empty when none): once they resolve, the
+    record is done and its offset may be committed. None when a stop was requested before it was done (the
+    offset stays uncommitted, so the record is redelivered later).
     """
     try:
-        await handler(record)
-        return True
+        return await handler(record) or ()
     except asyncio.CancelledError:
         raise
     except BaseException as first_error:  # noqa: BLE001 - every handler failure is retried or dead-lettered
@@ -96,10 +96,10 @@ async def deliver(
                     except Exception as exc:  # the dead-letter topic itself is unreachable: keep the record
                         log.warning("dead_letter_publish_failed", error=repr(exc), **where)
                         if await _wait_or_stop(stopping, retry.backoff_max):
-                            return False
+                            return None
                 log.error("event_dead_lettered", dead_letter_topic=target, error=repr(error), attempts=attempts,
                           **where)
-                return True
+                return ()
             # Without a dead-letter topic the record is retried forever rather than dropped.
         if isinstance(error, RetryLater):
             transient += 1
@@ -109,13 +109,13 @@ async def deliver(
             log.warning("handler_failed_will_retry", error=repr(error), attempt=attempts,
                         max_attempts=retry.max_attempts, **where)
         if await _wait_or_stop(stopping, delay):
-            return False
+            return None
         delay = min(delay * 2, retry.backoff_max)
         try:
-            await handler(record)
+            acks = await handler(record) or ()
             if transient:
                 log.info("handler_recovered", retries=transient + attempts - 1, **where)
-            return True
+            return acks
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001

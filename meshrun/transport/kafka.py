@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Sequence
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -126,6 +126,19 @@ class KafkaTransport(Transport):
             raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not acknowledged: "
                                                                     f"{exc!r}") from exc
         return RecordMetadata(sent.topic, sent.partition, sent.offset)
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   headers: Headers = ()) -> asyncio.Future[Any]:
+        producer = self._require_started()
+        await self._partition_count(topic)
+        try:
+            # Returns once the record is in the producer's batch for its partition (in call order); the future
+            # resolves with the broker's acknowledgement.
+            return await producer.send(topic, value, key=key, headers=list(headers) or None)  # type: ignore[no-any-return]
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
+            raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not queued: "
+                                                                    f"{exc!r}") from exc
 
     async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
         if topic not in self._partitions:

@@ -26,7 +26,7 @@ _COMMON = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_p
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 _PRODUCER = ("linger_ms",)
 _CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms")
-_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition")
+_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition")
 KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
 
 
@@ -43,6 +43,8 @@ class KafkaClientOptions:
     commit_interval: float
     # Records fetched ahead of a partition's handler before that partition stops fetching.
     max_buffered_per_partition: int
+    # Handled records of a partition whose publishes may await the broker's acknowledgement at once.
+    max_unacked_per_partition: int
     # How long a revoked partition's in-flight handler may run on before it is cancelled (and redelivered).
     revoke_grace_period: float
 
@@ -75,6 +77,7 @@ class KafkaClientOptions:
             consumer=consumer,
             commit_interval=int(options.get("commit_interval_ms", 100)) / 1000,
             max_buffered_per_partition=int(options.get("max_in_flight_per_partition", 1000)),
+            max_unacked_per_partition=max(1, int(options.get("max_unacked_per_partition", 256))),
             revoke_grace_period=consumer["rebalance_timeout_ms"] / 2000,
         )
 

@@ -16,7 +16,7 @@ from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStat
 from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
-from meshrun.transport.base import Handler, Headers, Record, StartFrom, Subscription, SubscriptionState
+from meshrun.transport.base import Acks, Handler, Headers, Record, StartFrom, Subscription, SubscriptionState
 from meshrun.transport.delivery import deliver
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
 
@@ -38,12 +38,20 @@ def to_record(message: ConsumerRecord[bytes, bytes]) -> Record:
 
 
 class _PartitionWorker:
-    """Handles one assigned partition's records in order; `done` is the offset up to which all are handled."""
+    """Handles one assigned partition's records in order; `done` is the offset up to which all are handled.
+
+    A handler's publishes are pipelined: the next record is handled while the broker still acknowledges what the
+    previous ones published (sends keep their order, so a partition's output keeps its order too). A record
+    counts as done only once its handler returned and its publishes were acknowledged, and every record before it
+    is done: that is what gets committed. A publish the broker refuses makes its record be handled again.
+    """
 
     def __init__(self, sub: "KafkaSubscription", partition: int, position: int) -> None:
         self.sub = sub
         self.tp = TopicPartition(sub.topic, partition)
         self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        # Handled records, oldest first, with the acknowledgements they still wait for.
+        self.unacked: deque[tuple[ConsumerRecord[bytes, bytes], Acks]] = deque()
         self.done = position
         self.committed = position
         self.paused = False
@@ -62,6 +70,7 @@ class _PartitionWorker:
     async def _run(self) -> None:
         try:
             await self._handle_in_order()
+            await self._settle(0, handle_again=False)  # stopping: keep what was acknowledged, leave the rest
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here would silently stall the partition: say so loudly
@@ -70,19 +79,81 @@ class _PartitionWorker:
 
     async def _handle_in_order(self) -> None:
         sub = self.sub
+        limit = sub.options.max_unacked_per_partition
         while not self.stopping.is_set():
             if not self.queue:
+                if self.unacked:
+                    if not await self._settle(0):
+                        return
+                    continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             message = self.queue.popleft()
-            done = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
+            acks = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
                                  dead_letter=sub.dead_letter, stopping=self.stopping)
-            if not done:
+            if acks is None:
                 return
-            self.done = message.offset + 1
+            if acks or self.unacked:
+                self.unacked.append((message, acks))
+                if not await self._settle(limit - 1):
+                    return
+            else:
+                self.done = message.offset + 1
             if self.paused and len(self.queue) <= sub.options.max_buffered_per_partition // 2:
                 sub.resume(self)
+
+    async def _settle(self, keep: int, *, handle_again: bool = True) -> bool:
+        """Advance `done` past the oldest handled records whose publishes are all acknowledged, waiting for the
+        oldest while more than `keep` are in flight. A record with a refused publish is handled again first
+        (`handle_again`), or ends the advance. False if a stop was requested before that record was done."""
+        unacked = self.unacked
+        while unacked:
+            message, acks = unacked[0]
+            if not all(ack.done() for ack in acks):
+                if len(unacked) <= keep:
+                    return True
+                await asyncio.wait(acks)
+            error = _first_error(acks)
+            if error is not None:
+                if not handle_again or not await self._handle_again(message, error):
+                    return False
+            unacked.popleft()
+            self.done = message.offset + 1
+        return True
+
+    async def _handle_again(self, message: ConsumerRecord[bytes, bytes], error: BaseException) -> bool:
+        """Handle a record again, waiting for its publishes this time, until they are acknowledged or a stop is
+        requested (at least once: what the first attempt did may happen twice)."""
+        sub = self.sub
+        delay = sub.retry.backoff_initial
+        while True:
+            log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=message.offset,
+                        partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
+            if self.stopping.is_set():
+                return False
+            acks = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
+                                 dead_letter=sub.dead_letter, stopping=self.stopping)
+            if acks is None:
+                return False
+            if acks:
+                await asyncio.wait(acks)
+            error = _first_error(acks)  # type: ignore[assignment]
+            if error is None:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            delay = min(delay * 2, sub.retry.backoff_max)
+
+
+def _first_error(acks: Acks) -> BaseException | None:
+    for ack in acks:
+        if ack.cancelled():
+            return asyncio.CancelledError()
+        error = ack.exception()
+        if error is not None:
+            return error
+    return None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -158,10 +158,12 @@ class MemorySubscription(Subscription):
                 await part.wait(part.waiters)
                 continue
             record = part.records[position - part.log_start]
-            done = await deliver(record, handler, group=self.group, retry=self.retry,
+            acks = await deliver(record, handler, group=self.group, retry=self.retry,
                                  dead_letter=self.transport._dead_letter, stopping=stop)
-            if not done:
+            if acks is None:
                 return
+            if acks:  # never from this transport's own sends, which are durable when they return
+                await asyncio.wait(acks)
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
                 committed[key] = position + 1
