@@ -6,6 +6,7 @@ a decoder rejects a type or version it does not know, clearly, and the record go
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
@@ -20,9 +21,22 @@ class EventDecodeError(ValueError):
     """A record's value is not an event this version of meshrun understands."""
 
 
+def _reseed() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_reseed()
+os.register_at_fork(after_in_child=_reseed)  # a forked worker must not repeat its parent's ids
+
+
 def new_id() -> str:
-    """128 random bits as 32 hex characters (the shape of a W3C trace id); cheaper than uuid4().hex."""
-    return os.urandom(16).hex()
+    """A unique id of 32 hex characters (the shape of a W3C trace id): 64 random bits drawn once per process, then
+    a counter. Unique, not secret; a system call per id (os.urandom) showed in the profile of a busy mesh."""
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def now_iso() -> str:

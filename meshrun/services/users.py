@@ -1,20 +1,24 @@
 """The User service: POST /notify-user with a machine token (scope users.notify) records a notification once.
 
-The Idempotency-Key header (the invoice id) makes a retried call a no-op. Notifications are kept in memory;
-GET /notifications lists them (an operator endpoint on the mesh host).
+The Idempotency-Key header (the invoice id) makes a retried call a no-op. Notifications are kept in memory, bounded:
+the last `keep_notifications` in full (GET /notifications lists them; an operator endpoint on the mesh host), and
+the idempotency keys and order ids of the last `remember_notifications`.
 """
 from __future__ import annotations
 
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from itertools import islice
 
 import orjson
 from aiohttp import web
 
 from meshrun import Service, ServiceContext
 from meshrun.http.server import CLAIMS, json_error, json_response
+from meshrun.settings import settings_from
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 FIELDS = {"invoice_id": str, "order_id": str, "user": str, "total": int, "currency": str, "trace_id": str}
@@ -61,15 +65,76 @@ def parse_notification(body: bytes) -> dict[str, object]:
     return data
 
 
-service = Service("users", max_body_bytes=8 * 1024)
+@dataclass(frozen=True)
+class UsersSettings:
+    keep_notifications: int = 10_000  # listed in full by GET /notifications
+    remember_notifications: int = 100_000  # idempotency keys and order ids kept to recognise a repeat
+
+    def __post_init__(self) -> None:
+        if self.keep_notifications < 1 or self.remember_notifications < self.keep_notifications:
+            raise ValueError("keep_notifications must be at least 1, and remember_notifications at least "
+                             f"keep_notifications (got {self.keep_notifications} and {self.remember_notifications})")
+
+
+class NotificationBook:
+    """The service's records, free of I/O and bounded: memory follows the settings, not the notifications count.
+
+    A repeat (the same idempotency key) is recognised, and an order notified under a second key is counted, within
+    the last `remember` notifications; redeliveries arrive long before that window passes.
+    """
+
+    def __init__(self, keep: int, remember: int) -> None:
+        self.recent: deque[Notification] = deque(maxlen=keep)
+        self.remember = remember
+        self._keys: OrderedDict[str, str] = OrderedDict()  # idempotency key -> invoice id
+        self._orders: OrderedDict[str, None] = OrderedDict()
+        self.count = 0
+        self.orders_notified = 0
+        self.orders_doubled = 0  # orders notified a second time under another key: what must never happen
+        self.duplicates_absorbed = 0
+
+    def duplicate_of(self, key: str) -> str | None:
+        """The invoice id already recorded under this idempotency key, if any."""
+        invoice_id = self._keys.get(key)
+        if invoice_id is not None:
+            self.duplicates_absorbed += 1
+        return invoice_id
+
+    def record(self, key: str, note: Notification) -> bool:
+        """Keep a new notification; True if its order had already been notified (under another key)."""
+        self.count += 1
+        self.recent.append(note)
+        self._keys[note.invoice_id if key == note.invoice_id else key] = note.invoice_id
+        if len(self._keys) > self.remember:
+            self._keys.popitem(last=False)
+        doubled = note.order_id in self._orders
+        if doubled:
+            self.orders_doubled += 1
+        else:
+            self.orders_notified += 1
+            self._orders[note.order_id] = None
+            if len(self._orders) > self.remember:
+                self._orders.popitem(last=False)
+        return doubled
+
+    def after(self, seq: int) -> tuple[list[Notification], int]:
+        """Notifications with a sequence number above `seq`, and how many of those are no longer kept."""
+        first = self.count - len(self.recent) + 1  # sequence number of the oldest kept
+        start = max(seq + 1, first)
+        missed = max(0, first - (seq + 1))
+        return list(islice(self.recent, start - first, None)), missed
+
+    def of_order(self, order_id: str) -> list[Notification]:
+        return [n for n in self.recent if n.order_id == order_id]
+
+
+service = Service("users", settings=settings_from(UsersSettings), max_body_bytes=8 * 1024)
 
 
 @service.startup
 async def create_store(ctx: ServiceContext) -> None:
-    ctx.state["notifications"] = {}
-    ctx.state["orders"] = set()  # orders notified at least once
-    ctx.state["orders_doubled"] = 0  # orders notified a second time under another key: what must never happen
-    ctx.state["duplicates_absorbed"] = 0
+    settings: UsersSettings = ctx.settings
+    ctx.state["book"] = NotificationBook(settings.keep_notifications, settings.remember_notifications)
 
 
 @service.route("POST", "/notify-user", scope="users.notify")
@@ -79,24 +144,20 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
     except NotificationRejected as exc:
         return json_error(400, "invalid_notification", str(exc), field=exc.field)
     key = request.headers.get("Idempotency-Key") or str(data["invoice_id"])
-    store: dict[str, Notification] = ctx.state["notifications"]
-    if key in store:
-        ctx.state["duplicates_absorbed"] += 1
-        return json_response({"status": "duplicate", "invoice_id": store[key].invoice_id}, status=200)
+    book: NotificationBook = ctx.state["book"]
+    recorded = book.duplicate_of(key)
+    if recorded is not None:
+        return json_response({"status": "duplicate", "invoice_id": recorded}, status=200)
     currency = data.get("currency")
     note = Notification(
-        # Few distinct users, currencies and clients: interned, so 100,000 notifications hold one copy of each.
+        # Few distinct users, currencies and clients: interned, so the kept notifications hold one copy of each.
         invoice_id=str(data["invoice_id"]), order_id=str(data["order_id"]), user=sys.intern(str(data["user"])),
         total=data.get("total"), currency=sys.intern(currency) if isinstance(currency, str) else None,  # type: ignore[arg-type]
         trace_id=data.get("trace_id") or request.headers.get("X-Trace-Id"),  # type: ignore[arg-type]
-        notified_by=sys.intern(request[CLAIMS].client_id), received_at=time.time(), seq=len(store) + 1,
+        notified_by=sys.intern(request[CLAIMS].client_id), received_at=time.time(), seq=book.count + 1,
     )
-    store[note.invoice_id if key == note.invoice_id else key] = note
-    orders: set[str] = ctx.state["orders"]
-    if note.order_id in orders:
-        ctx.state["orders_doubled"] += 1
+    if book.record(key, note):
         ctx.log.error("order_notified_twice", order_id=note.order_id, invoice_id=note.invoice_id)
-    orders.add(note.order_id)
     ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
                  f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
                  trace_id=note.trace_id)
@@ -105,25 +166,30 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
 
 @service.route("GET", "/notifications")
 async def list_notifications(request: web.Request, ctx: ServiceContext) -> web.Response:
-    """The notifications received, optionally for one order or after a sequence number (`since`)."""
-    store: dict[str, Notification] = ctx.state["notifications"]
+    """The kept notifications, optionally for one order or after a sequence number (`since`); `missed` counts
+    those after `since` that are no longer kept (a reader that fell more than keep_notifications behind)."""
+    book: NotificationBook = ctx.state["book"]
     order_id = request.query.get("order_id")
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
         return json_error(400, "invalid_request", "since: must be an integer sequence number", field="since")
-    values = list(store.values())[since:] if order_id is None else [n for n in store.values()
-                                                                     if n.order_id == order_id]
-    notes = [asdict(n) for n in values]
-    return json_response({"count": len(notes), "notifications": notes})
+    if order_id is None:
+        notes, missed = book.after(since)
+    else:
+        notes, missed = book.of_order(order_id), 0
+    # orjson writes the slotted dataclasses itself: no dict per notification.
+    return json_response({"count": len(notes), "missed": missed, "notifications": notes})
 
 
 @service.route("GET", "/notifications/stats")
 async def notification_stats(request: web.Request, ctx: ServiceContext) -> web.Response:
     """Counts from the service's own records: what a benchmark or a test reads to find lost or doubled work."""
+    book: NotificationBook = ctx.state["book"]
     return json_response({
-        "notifications": len(ctx.state["notifications"]),
-        "orders": len(ctx.state["orders"]),
-        "orders_notified_more_than_once": ctx.state["orders_doubled"],
-        "duplicates_absorbed": ctx.state["duplicates_absorbed"],
+        "notifications": book.count,
+        "orders": book.orders_notified,
+        "orders_notified_more_than_once": book.orders_doubled,
+        "duplicates_absorbed": book.duplicates_absorbed,
+        "kept": len(book.recent),
     })

@@ -32,7 +32,7 @@ from meshrun.transport.base import (
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
 from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
 from meshrun.transport.kafka_subscription import KafkaSubscription
-from meshrun.transport.memory import partition_for
+from meshrun.transport.partitioner import partition_for
 
 log = structlog.get_logger("meshrun.transport.kafka")
 

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Sequence
 
 import structlog
-from aiokafka.partitioner import murmur2
 
 from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import Backpressure, GroupHasLiveMembers, TransportStateError, UnknownTopic
@@ -31,15 +30,9 @@ from meshrun.transport.base import (
     Transport,
 )
 from meshrun.transport.delivery import deliver
+from meshrun.transport.partitioner import partition_for
 
 log = structlog.get_logger("meshrun.transport.memory")
-
-
-def partition_for(key: bytes | None, partitions: int, counter: "itertools.count[int]") -> int:
-    """Kafka's default partitioner (murmur2 of the key), so a key lands on the same partition on both transports."""
-    if key is None:
-        return next(counter) % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class _Partition:

@@ -161,7 +161,7 @@ async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, por
                 assert (await post_order(http, base, f"before-{i}", token))[0] == 202
             stats_url = f"http://127.0.0.1:{ports['users']}/notifications/stats"
             await eventually(lambda: _stat(http, stats_url, 3), what="3 notifications before the outage")
-            first_store = dict(users.services["users"].ctx.state["notifications"])
+            first_store = {n.invoice_id for n in users.services["users"].ctx.state["book"].recent}
             await users.stop()
             for i in range(4):
                 assert (await post_order(http, base, f"during-{i}", token))[0] == 202
@@ -171,10 +171,10 @@ async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, por
             users = Mesh(users_config, ["users"], transport=transport)
             await users.start()
             await eventually(lambda: _stat(http, stats_url, 4), timeout=30, what="the 4 waiting notifications")
-            second_store = users.services["users"].ctx.state["notifications"]
-            orders_after = sorted(n.order_id for n in second_store.values())
+            second_store = users.services["users"].ctx.state["book"].recent
+            orders_after = sorted(n.order_id for n in second_store)
             assert orders_after == [f"during-{i}" for i in range(4)]
-            assert not set(first_store) & set(second_store)
+            assert not first_store & {n.invoice_id for n in second_store}
             assert notification.ctx.state["sent"] == 7
     finally:
         await users.stop()

@@ -22,7 +22,7 @@ from meshrun.errors import (
 from meshrun.transport.base import Record
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 from meshrun.transport.kafka import KafkaTransport
-from meshrun.transport.memory import partition_for
+from meshrun.transport.partitioner import partition_for
 from tests.kafka.broker import kafka_transport, unique
 from tests.polling import eventually
 

@@ -17,7 +17,7 @@ from meshrun.config import RetryConfig, TopicConfig
 from meshrun.errors import GroupHasLiveMembers, TransportStateError, UnknownTopic
 from meshrun.transport.base import Record, StartFrom, Subscription, Transport
 from meshrun.transport.delivery import PoisonEvent, RetryLater, dead_letter_topic
-from meshrun.transport.memory import partition_for
+from meshrun.transport.partitioner import partition_for
 from tests.kafka.broker import unique
 from tests.polling import eventually
 
