@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from datetime import datetime, timezone
+import time
 from typing import Any, ClassVar, TypeVar
 
 import orjson
@@ -39,8 +39,18 @@ def new_id() -> str:
     return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+_second = -1
+_second_iso = ""
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as ISO 8601 with milliseconds; the date and time of day are formatted once per second."""
+    global _second, _second_iso
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second, _second_iso = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_iso}.{int((now - second) * 1000):03d}Z"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

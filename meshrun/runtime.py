@@ -141,6 +141,21 @@ class Mesh:
                                                                              source.replication_factor)
         return list(needed.values())
 
+    def decode_cache_size(self, loaded: list[LoadedService]) -> int:
+        """Enough decoded events to cover how far apart this process's groups of one topic can be: in memory,
+        retention (backpressure keeps the slowest group within it); on Kafka, the records fetched ahead."""
+        readers: dict[str, int] = {}
+        for ls in loaded:
+            for topic in ls.topics:
+                readers[topic] = readers.get(topic, 0) + 1
+        spread = (self.config.memory.retention if self.transport.name == "memory"
+                  else self.transport_fetch_ahead())
+        shared = sum(self.config.topics[t].partitions for t, n in readers.items() if n > 1)
+        return max(4096, shared * spread * 5 // 4)
+
+    def transport_fetch_ahead(self) -> int:
+        return int(self.config.kafka.options.get("max_in_flight_per_partition", 1000))
+
     async def start(self) -> None:
         """Start the transport, then every service: HTTP first (others depend on it), then its consumers."""
         self.started_at = time.perf_counter()
@@ -149,6 +164,7 @@ class Mesh:
             await self.transport.start()
         self._transport_started = True
         await self.transport.ensure_topics(self.topics_needed(loaded))
+        self.decoded.capacity = self.decode_cache_size(loaded)
         try:
             for ls in loaded:
                 ctx = ServiceContext(ls.config, self.config, ls.settings, service_logger(ls.name), self.transport)

@@ -68,7 +68,7 @@ def parse_notification(body: bytes) -> dict[str, object]:
 @dataclass(frozen=True)
 class UsersSettings:
     keep_notifications: int = 10_000  # listed in full by GET /notifications
-    remember_notifications: int = 100_000  # idempotency keys and order ids kept to recognise a repeat
+    remember_notifications: int = 20_000  # idempotency keys and order ids kept to recognise a repeat
 
     def __post_init__(self) -> None:
         if self.keep_notifications < 1 or self.remember_notifications < self.keep_notifications:

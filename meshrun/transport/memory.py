@@ -36,7 +36,8 @@ log = structlog.get_logger("meshrun.transport.memory")
 
 
 class _Partition:
-    __slots__ = ("topic", "index", "records", "log_start", "next_offset", "waiters", "space_waiters", "warned_at")
+    __slots__ = ("topic", "index", "records", "log_start", "next_offset", "waiters", "space_waiters", "granted",
+                 "warned_at")
 
     def __init__(self, topic: str, index: int) -> None:
         self.topic = topic
@@ -45,7 +46,10 @@ class _Partition:
         self.log_start = 0
         self.next_offset = 0
         self.waiters: list[asyncio.Future[None]] = []
-        self.space_waiters: list[asyncio.Future[None]] = []
+        # Publishers waiting for room, first come first served; each is woken with True when a slot is its turn,
+        # or False by its own timeout.
+        self.space_waiters: deque[asyncio.Future[bool]] = deque()
+        self.granted = 0  # slots promised to woken publishers that have not appended yet
         self.warned_at = 0.0
 
     def wake(self, waiters: list[asyncio.Future[None]]) -> None:
@@ -160,10 +164,8 @@ class MemorySubscription(Subscription):
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
                 committed[key] = position + 1
-            # Room appears only when the oldest record has been handled; waking publishers for every record
-            # made them re-check (and re-arm their timeouts) thousands of times a second under backpressure.
-            if part.space_waiters and position <= part.log_start:
-                part.wake(part.space_waiters)
+            if part.space_waiters:
+                self.transport._free_space(part)
 
 
 class InMemoryTransport(Transport):
@@ -214,7 +216,7 @@ class InMemoryTransport(Transport):
         self._require_started()
         t = self._topic(topic)
         part = t.partitions[partition_for(key, len(t.partitions), t.counter)]
-        if len(part.records) >= self.config.retention:
+        if part.space_waiters or len(part.records) + part.granted >= self.config.retention:
             await self._make_room(part)
         offset = part.next_offset
         # A copy of exactly the value's size: orjson returns its output in a 4 KiB block, and this transport keeps
@@ -236,16 +238,39 @@ class InMemoryTransport(Transport):
                 slowest = (group.name, offset)
         return slowest
 
+    def _trim(self, part: _Partition) -> tuple[str | None, int]:
+        """Drop the oldest records every group has consumed, down to below retention; the slowest group and its
+        offset."""
+        group, slowest = self._slowest(part)
+        retention = self.config.retention
+        while part.records and part.log_start < slowest and len(part.records) >= retention:
+            part.records.popleft()
+            part.log_start += 1
+        return group, slowest
+
+    def _free_space(self, part: _Partition) -> None:
+        """A consumer moved past the oldest record: trim, and wake as many waiting publishers as there are free
+        slots, oldest first (waking them all made each re-check, thousands of times a second under backpressure)."""
+        self._trim(part)
+        free = self.config.retention - len(part.records) - part.granted
+        waiters = part.space_waiters
+        while free > 0 and waiters:
+            room = waiters.popleft()
+            if not room.done():
+                room.set_result(True)
+                part.granted += 1
+                free -= 1
+
     async def _make_room(self, part: _Partition) -> None:
-        """Trim records every group has consumed; if a slow group still holds the oldest one, wait for it."""
+        """Wait until the partition has room for one more record and no publisher that waited longer is still
+        waiting; fail with Backpressure after `publish_timeout`."""
         deadline = time.monotonic() + self.config.publish_timeout
+        loop = asyncio.get_running_loop()
+        my_turn = False
         while True:
-            group, slowest = self._slowest(part)
-            while part.records and part.log_start < slowest and len(part.records) >= self.config.retention:
-                part.records.popleft()
-                part.log_start += 1
-            if len(part.records) < self.config.retention:
-                return
+            group, slowest = self._trim(part)
+            if len(part.records) + part.granted < self.config.retention and (my_turn or not part.space_waiters):
+                return  # the caller appends at once, before any other coroutine runs
             now = time.monotonic()
             if now - part.warned_at > 5.0:
                 part.warned_at = now
@@ -258,13 +283,24 @@ class InMemoryTransport(Transport):
                     f"{part.next_offset - slowest} events behind and the partition holds its retention of "
                     f"{self.config.retention}; raise transport.memory.retention or speed up that consumer"
                 )
-            # Register before awaiting: a consumer that frees the oldest record right now must find this waiter.
-            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            room: asyncio.Future[bool] = loop.create_future()
             part.space_waiters.append(room)
+            timer = loop.call_later(remaining, _time_up, room)
             try:
-                await asyncio.wait_for(room, remaining)
-            except TimeoutError:
-                pass
+                my_turn = await room
+            except asyncio.CancelledError:
+                if room.done() and not room.cancelled() and room.result():
+                    part.granted -= 1
+                    self._free_space(part)  # the slot it was given passes to the next publisher
+                else:
+                    _forget(part.space_waiters, room)
+                raise
+            finally:
+                timer.cancel()
+            if my_turn:
+                part.granted -= 1
+            else:
+                _forget(part.space_waiters, room)
 
     async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
         if topic not in self._topics:
@@ -344,4 +380,18 @@ class InMemoryTransport(Transport):
                 offset = next((r.offset for r in part.records if r.timestamp_ms >= target_ms), part.next_offset)
             g.committed[(topic, part.index)] = offset
             result[part.index] = offset
+            if part.space_waiters:  # moved forward past what held retention: publishers may go on
+                self._free_space(part)
         return result
+
+
+def _time_up(room: asyncio.Future[bool]) -> None:
+    if not room.done():
+        room.set_result(False)
+
+
+def _forget(waiters: deque[asyncio.Future[bool]], room: asyncio.Future[bool]) -> None:
+    try:
+        waiters.remove(room)
+    except ValueError:  # already taken off by a consumer
+        pass

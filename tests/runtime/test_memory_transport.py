@@ -57,6 +57,41 @@ async def test_a_slow_consumer_makes_publishers_wait_and_nothing_is_dropped():
     await transport.stop()
 
 
+async def test_waiting_publishers_go_on_first_come_first_served_one_per_freed_slot():
+    transport = InMemoryTransport(MemoryTransportConfig(retention=3, publish_timeout=10.0))
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("t", 1)])
+    release = asyncio.Semaphore(0)
+    seen: list[bytes] = []
+
+    async def step(record: Record) -> None:
+        await release.acquire()
+        seen.append(record.value)
+
+    await transport.subscribe("t", "g", step, retry=RETRY)
+    for i in range(3):
+        await transport.publish("t", b"first-%d" % i, key=b"k")
+    finished: list[int] = []
+
+    async def publish(i: int) -> None:
+        await transport.publish("t", b"waiting-%d" % i, key=b"k")
+        finished.append(i)
+
+    waiting = [asyncio.create_task(publish(i)) for i in range(10)]
+    part = transport._topics["t"].partitions[0]
+    await eventually(lambda: len(part.space_waiters) == 10)
+    waiting[4].cancel()  # a publisher that gives up leaves the queue without taking a turn
+    await asyncio.gather(waiting[4], return_exceptions=True)
+    for _ in range(12):
+        release.release()
+    await asyncio.wait_for(asyncio.gather(*(t for i, t in enumerate(waiting) if i != 4)), 5)
+    assert finished == [0, 1, 2, 3, 5, 6, 7, 8, 9]  # in the order they started waiting
+    await eventually(lambda: len(seen) == 12)
+    assert seen == [b"first-0", b"first-1", b"first-2"] + [b"waiting-%d" % i for i in finished]
+    assert len(part.records) <= 3 and not part.space_waiters
+    await transport.stop()
+
+
 async def test_a_publisher_waiting_too_long_gets_a_clear_error():
     transport = InMemoryTransport(MemoryTransportConfig(retention=2, publish_timeout=0.1))
     await transport.start()
