@@ -142,3 +142,12 @@ def test_the_notification_book_recognises_repeats_and_orders_notified_twice_with
         book.record(f"INV-o{i}", _note(i + 1, f"o{i}"))
     assert book.duplicate_of("INV-o1") is None  # beyond `remember`: forgotten, memory stays bounded
     assert book.duplicate_of("INV-o5") == "INV-o5"
+
+
+def test_invoice_ids_stay_those_of_uuid5_so_upgrades_keep_deduplicating() -> None:
+    import uuid
+
+    from meshrun.services.billing import INVOICE_NAMESPACE
+
+    for order_id in ["123", "bench1234-99999", "ü-order", "x" * 200, ""]:
+        assert invoice_id_for(order_id) == "INV-" + uuid.uuid5(INVOICE_NAMESPACE, order_id).hex[:16].upper()
