@@ -20,6 +20,20 @@ def _split(value: str | None) -> list[list[str]] | None:
     return [g for g in groups if g]
 
 
+def _check_accept_only(accept_only: bool, orders_workers: int, compare_raw: bool, split: str | None,
+                       attach: bool) -> None:
+    """The flags --accept-only refuses (the transport is checked with the config, in the runner)."""
+    if orders_workers > 1 and not accept_only:
+        raise click.UsageError("--orders-workers only applies with --accept-only")
+    if not accept_only:
+        return
+    if compare_raw:
+        raise click.UsageError("--accept-only and --compare-raw exclude each other: the framework-free floor is "
+                               "measured end to end only")
+    if split or attach:
+        raise click.UsageError("--accept-only starts auth and orders itself: drop --split / --attach")
+
+
 @click.command()
 @click.option("--config", "config_path", envvar="MESHRUN_CONFIG", default="services.toml", show_default=True,
               help="services.toml of the mesh to measure (env MESHRUN_CONFIG).")
@@ -44,6 +58,13 @@ def _split(value: str | None) -> list[list[str]] | None:
                    "(e.g. auth,orders,users/billing/notification/inventory,email,analytics). Kafka only.")
 @click.option("--compare-raw", is_flag=True,
               help="Also run the same load through the framework-free pipeline and print meshrun/raw ratios.")
+@click.option("--accept-only", is_flag=True,
+              help="Measure the Order service alone: start only auth and orders, count an order once its 202 "
+                   "(sent after the broker acknowledged the order event) arrives, and count lost and doubled "
+                   "events from the records the broker appended to order-events. Kafka only.")
+@click.option("--orders-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --accept-only: run the Order service as `meshrun up --only orders --workers N`, N processes "
+                   "sharing its port (auth then runs in a process of its own).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the figures to this file as JSON.")
 @click.option("--user", default="alice", show_default=True, help="User whose token places the orders.")
@@ -63,9 +84,9 @@ def _split(value: str | None) -> list[list[str]] | None:
               help="Progress line while it runs (default: when stdout is a terminal).")
 def bench(config_path: str, transport: str | None, orders: int | None, concurrency: int, rate: float | None,
           duration: float | None, warmup: int, attach: bool, pids: str | None, split: str | None,
-          compare_raw: bool, json_path: str | None, user: str, password_stdin: bool, drain_timeout: float,
-          ready_timeout: float, mesh_log_level: str, keep_logs: bool, token_seconds: float,
-          progress: bool | None) -> None:
+          compare_raw: bool, accept_only: bool, orders_workers: int, json_path: str | None, user: str,
+          password_stdin: bool, drain_timeout: float, ready_timeout: float, mesh_log_level: str, keep_logs: bool,
+          token_seconds: float, progress: bool | None) -> None:
     """Start the mesh, drive orders through the Order service, wait for every User notification, report.
 
     Closed loop with --orders N --concurrency C, or open loop with --rate R --duration S (latency from each
@@ -73,6 +94,9 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
     end-to-end orders per second, end-to-end latency, memory of every process, the token endpoint's rate, the
     cost of verifying a token, machine tokens fetched, and events lost and doubled from the User service's own
     records. --compare-raw adds the framework-free floor measured in the same run.
+
+    --accept-only measures the Order service alone on Kafka: orders per second accepted (each answered after the
+    broker acknowledged its event), latency to the answer, lost and doubled from the broker's count of records.
     """
     from meshrun.bench.report import render_table
     from meshrun.bench.runner import BenchOptions, run_bench
@@ -85,6 +109,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
         raise click.UsageError("--pids only makes sense with --attach")
     if split and attach:
         raise click.UsageError("--split starts processes; --attach measures running ones: choose one")
+    _check_accept_only(accept_only, orders_workers, compare_raw, split, attach)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     try:
         pid_list = [int(p) for p in pids.split(",") if p.strip()] if pids else []
@@ -96,6 +121,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
         split=_split(split), compare_raw=compare_raw, user=user, password=password,
         drain_timeout=drain_timeout, ready_timeout=ready_timeout, log_level=mesh_log_level, keep_logs=keep_logs,
         token_seconds=token_seconds, progress=progress, command=" ".join(["meshrun", *sys.argv[1:]]),
+        accept_only=accept_only, orders_workers=orders_workers,
     )
     try:
         report = run_bench(options)

@@ -35,7 +35,9 @@ class Launched:
     ready_line: str | None          # the event name it logs once ready (None: readiness is only /ready)
     process: subprocess.Popen[bytes] | None = None
     reported_ready: float | None = None   # the seconds the process itself reported in its ready line
+    ready_lines: int = 1            # how many ready lines it logs (`meshrun up --workers N`: one per worker)
     _read: int = field(default=0, repr=False)
+    _ready_seen: list[float] = field(default_factory=list, repr=False)
 
     @property
     def pid(self) -> int:
@@ -48,7 +50,11 @@ class Launched:
                                             env={**os.environ, **(env or {})})
 
     def saw_ready_line(self) -> bool:
-        """Read the new part of the JSON log for the ready line (cheap: only what was appended since last time)."""
+        """Read the new part of the JSON log for the ready line(s) (cheap: only what was appended since last time).
+
+        Workers of `meshrun up --workers N` share the log: the process is ready once each of them said so, and
+        its reported figure is the slowest worker's.
+        """
         if self.ready_line is None or self.reported_ready is not None:
             return True
         try:
@@ -67,8 +73,10 @@ class Launched:
             except ValueError:
                 continue
             if entry.get("event") == self.ready_line:
-                self.reported_ready = float(entry.get("seconds", 0.0))
-                return True
+                self._ready_seen.append(float(entry.get("seconds", 0.0)))
+        if len(self._ready_seen) >= self.ready_lines:
+            self.reported_ready = max(self._ready_seen)
+            return True
         return False
 
     def failure(self) -> str | None:
@@ -97,14 +105,20 @@ class Launched:
 
 
 def mesh_process(label: str, config: str, transport: str, workdir: Path, log_level: str,
-                 only: list[str] | None = None) -> Launched:
-    """`python -m meshrun up` with JSON logs to a file, as in production."""
+                 only: list[str] | None = None, workers: int = 1) -> Launched:
+    """`python -m meshrun up` with JSON logs to a file, as in production.
+
+    With `workers` > 1 it is `meshrun up --workers N`: a parent that starts N worker processes sharing the ports.
+    """
     argv = [sys.executable, "-m", "meshrun", "up", "--config", config, "--transport", transport,
             "--log-format", "json", "--log-level", log_level]
     if only:
         argv += ["--only", ",".join(only)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     stem = label.replace(",", "+").replace(" ", "_")
-    return Launched(label, argv, workdir / f"{stem}.log", workdir / f"{stem}.err", "mesh_ready")
+    return Launched(label, argv, workdir / f"{stem}.log", workdir / f"{stem}.err", "mesh_ready",
+                    ready_lines=workers)
 
 
 def config_for_split(config: str, workdir: Path) -> str:

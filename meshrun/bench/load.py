@@ -1,7 +1,8 @@
 """The load generator: orders through POST /orders/{id}, followed to the User service's own records.
 
 Closed loop (C workers, each sending its next order when the last one was answered) or open loop (orders due at a
-fixed rate, each sent at its due time whether or not earlier ones were answered). It starts no process.
+fixed rate, each sent at its due time whether or not earlier ones were answered). Accept-only (`send_orders`), only
+the answers are awaited. It starts no process.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class OrderRun:
         self.mode = mode
         self.start = [0.0] * count        # wall clock: due time (open loop) or send time (closed loop)
         self.status = [0] * count          # HTTP status, -1 for a connection error, 0 not answered yet
+        self.answered_at = [0.0] * count   # wall clock of the answer (or of the connection error)
         self.notified_at = [0.0] * count   # the User service's received_at
         self.seen = bytearray(count)       # how many times the order appears in the User service's records
         self.sent = 0
@@ -89,33 +91,55 @@ class OrderRun:
         """Accepted orders not notified yet."""
         return sum(1 for s, c in zip(self.status, self.seen) if s == 202 and not c)
 
+    def rejected(self) -> dict[str, int]:
+        """Answers other than 202 by status ("error" for a connection error); unanswered orders are not counted."""
+        counts: dict[str, int] = {}
+        for s in self.status:
+            if s not in (0, 202):
+                key = "error" if s < 0 else str(s)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def figures(self, name: str, stats_before: dict[str, int], stats_after: dict[str, int]) -> PipelineFigures:
-        rejected: dict[str, int] = {}
         latencies: list[float] = []
         lost = 0
         for i in range(self.count):
-            s = self.status[i]
-            if s == 202:
+            if self.status[i] == 202:
                 if self.seen[i]:
                     latencies.append(self.notified_at[i] - self.start[i])
                 else:
                     lost += 1
-            elif s != 0:
-                key = "error" if s < 0 else str(s)
-                rejected[key] = rejected.get(key, 0) + 1
         in_records = sum(1 for c in self.seen if c > 1)
         from_stats = stats_after["orders_notified_more_than_once"] - stats_before["orders_notified_more_than_once"]
         accept_span = self.last_accept - self.first_start
         notify_span = self.last_notified - self.first_start
         return PipelineFigures(
             name=name, mode=self.mode, latency_from="due" if self.mode == "open" else "send",
-            sent=self.sent, accepted=self.accepted, rejected=rejected, notified=self.notified, lost=lost,
+            sent=self.sent, accepted=self.accepted, rejected=self.rejected(), notified=self.notified, lost=lost,
             doubled=max(in_records, from_stats), doubled_in_records=in_records, doubled_from_stats=from_stats,
             duplicates_absorbed=stats_after["duplicates_absorbed"] - stats_before["duplicates_absorbed"],
             elapsed_seconds=round(max(accept_span, notify_span), 3),
             accepted_per_second=round(self.accepted / accept_span, 1) if accept_span > 0 else 0.0,
             notified_per_second=round(self.notified / notify_span, 1) if notify_span > 0 else 0.0,
             latency_ms=Latency.of(latencies),
+            generator_late_ms_max=round(self.late_max * 1000, 2) if self.mode == "open" else None,
+        )
+
+    def accept_figures(self, name: str, appended: int) -> PipelineFigures:
+        """Accept-only: latency to the answer; lost and doubled from the `appended` records the broker counted.
+
+        An accepted order the broker does not hold is lost; a record beyond one per accepted order is doubled (or
+        was published for an order whose answer never arrived, which the client cannot tell apart).
+        """
+        latencies = [self.answered_at[i] - self.start[i] for i in range(self.count) if self.status[i] == 202]
+        accept_span = self.last_accept - self.first_start
+        return PipelineFigures(
+            name=name, mode=self.mode, latency_from="due" if self.mode == "open" else "send", accept_only=True,
+            latency_to="answer", sent=self.sent, accepted=self.accepted, rejected=self.rejected(),
+            appended=appended, lost=max(0, self.accepted - appended), doubled=max(0, appended - self.accepted),
+            elapsed_seconds=round(max(accept_span, 0.0), 3),
+            accepted_per_second=round(self.accepted / accept_span, 1) if accept_span > 0 else 0.0,
+            notified_per_second=None, latency_ms=Latency.of(latencies),
             generator_late_ms_max=round(self.late_max * 1000, 2) if self.mode == "open" else None,
         )
 
@@ -144,10 +168,12 @@ async def place(http: aiohttp.ClientSession, target: Target, auth: BearerHeader,
         if renewing is None:
             break
         await renewing
+    answered = time.time()
     run.status[i] = status
+    run.answered_at[i] = answered
     if status == 202:
         run.accepted += 1
-        run.last_accept = time.time()
+        run.last_accept = answered
 
 
 async def closed_loop(http: aiohttp.ClientSession, target: Target, auth: BearerHeader, run: OrderRun,
@@ -262,3 +288,24 @@ async def drive(http: aiohttp.ClientSession, poll_http: aiohttp.ClientSession, t
         print(f"{name}: {follower.missed} notifications were no longer kept by the User service when read (they "
               "count as lost here); raise services.users.settings.keep_notifications", file=sys.stderr)
     return run.figures(name, before, after)
+
+
+async def send_orders(http: aiohttp.ClientSession, target: Target, auth: BearerHeader, run: OrderRun, *,
+                      concurrency: int = 32, rate: float | None = None,
+                      progress: ProgressFn | None = None) -> None:
+    """Accept-only: send the run's orders (open loop when `rate` is set) and wait for their answers, nothing more.
+
+    A 202 means the broker acknowledged the order's event; what becomes of it later is not this run's business.
+    """
+    sender = open_loop(http, target, auth, run, rate) if rate else closed_loop(http, target, auth, run, concurrency)
+    sending = asyncio.create_task(sender)
+    try:
+        while not sending.done():
+            if progress is not None:
+                progress(run, "running")
+            await asyncio.wait({sending}, timeout=POLL_WHILE_SENDING)
+    finally:
+        if not sending.done():  # cancelled from outside: stop sending too
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+    sending.result()  # what the generator raised, if anything

@@ -1,5 +1,6 @@
 """Measurements beside the load: resident memory of processes, the token endpoint's rate, the cost of verifying a
-token, the machine tokens Notification fetched. Each probe reads; none changes the mesh.
+token, the machine tokens Notification fetched, the records a Kafka topic holds. Each probe reads; none changes the
+mesh.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from meshrun.config import KafkaTransportConfig
 
 
 def rss_mb(pid: int) -> float | None:
@@ -117,6 +120,40 @@ def pids_listening(ports: set[int]) -> dict[int, list[int]]:
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 owners.setdefault(int(entry), []).append(inodes[target[8:-1]])
     return {pid: sorted(set(p)) for pid, p in owners.items()}
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (the workers of `meshrun up --workers N`), from the parent pid in /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            children.append(int(entry))
+    return sorted(children)
+
+
+async def topic_end_offset(kafka: KafkaTransportConfig, topic: str) -> int:
+    """The sum of a topic's log end offsets over its partitions: how many records the broker ever appended to it.
+
+    Asked with meshrun's own admin client rather than `Transport.describe`, which reports log ends only for the
+    groups that committed on the topic (none may have: nothing consumes it while the Order service runs alone).
+    """
+    from meshrun.transport.kafka_admin import KafkaAdmin, partitions_of
+    from meshrun.transport.kafka_options import KafkaClientOptions
+
+    admin = KafkaAdmin(KafkaClientOptions.from_config(kafka))
+    await admin.start()
+    try:
+        count = await admin.partition_count(topic)
+        _, ends = await admin.log_offsets(partitions_of(topic, count))
+        return sum(ends.values())
+    finally:
+        await admin.close()
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:

@@ -20,7 +20,8 @@ REPORT_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """End-to-end latency in milliseconds: from the order's start (send or due time) to its notification."""
+    """Latency in milliseconds: from the order's start (send or due time) to its notification (or, accept-only, to
+    the Order service's answer)."""
 
     p50: float
     p95: float
@@ -53,15 +54,23 @@ class ProcessMemory:
 
 @dataclass(slots=True)
 class PipelineFigures:
-    """What one pipeline (meshrun's, or the framework-free floor) did under the load."""
+    """What one pipeline (meshrun's, or the framework-free floor) did under the load.
+
+    Accept-only (`accept_only`), nothing follows the orders past the Order service's answer: lost and doubled
+    compare the orders accepted with the records the broker appended to order-events, and the end-to-end rate
+    is None (not measured).
+    """
 
     name: str
     mode: str                         # closed | open
     latency_from: str                 # send | due
+    accept_only: bool = False
+    latency_to: str = "notification"  # notification | answer (accept-only)
     sent: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)   # status (or "error") -> count
     notified: int = 0
+    appended: int | None = None       # accept-only: records appended to order-events during the run, per the broker
     lost: int = 0
     doubled: int = 0
     doubled_in_records: int = 0       # this run's order ids listed more than once by GET /notifications
@@ -69,7 +78,7 @@ class PipelineFigures:
     duplicates_absorbed: int = 0      # delta: redelivered notifications the User service recognised
     elapsed_seconds: float = 0.0
     accepted_per_second: float = 0.0
-    notified_per_second: float = 0.0
+    notified_per_second: float | None = 0.0
     latency_ms: Latency | None = None
     generator_late_ms_max: float | None = None   # open loop: how late the generator itself sent an order
     ready_seconds: float | None = None
@@ -186,8 +195,11 @@ def render_table(report: Report) -> str:
     row("rejected", *both(lambda p: ", ".join(f"{k}: {v}" for k, v in p.rejected.items()) or "0"))
     row("orders accepted per s", *both(lambda p: _num(p.accepted_per_second)), "accepted_per_second")
     row("orders notified end to end per s", *both(lambda p: _num(p.notified_per_second)), "notified_per_second")
+    if m.appended is not None:
+        row("records appended to order-events", f"{m.appended:,}")
+    latency_span = f"from {m.latency_from}" + (" to answer" if m.latency_to == "answer" else "")
     for q in ("p50", "p95", "p99", "max"):
-        row(f"latency {q} (ms, from {m.latency_from})",
+        row(f"latency {q} (ms, {latency_span})",
             *both(lambda p, q=q: _num(getattr(p.latency_ms, q), 2) if p.latency_ms else "-"), f"latency_{q}")
     if m.generator_late_ms_max is not None:
         row("generator late, max (ms)", *both(lambda p: _num(p.generator_late_ms_max, 2)))
@@ -199,7 +211,8 @@ def render_table(report: Report) -> str:
     row("other processes meanwhile (cores)", *both(lambda p: _num(p.cpu.get("other_processes_cores"), 2)))
     row("events lost", *both(lambda p: str(p.lost)))
     row("events doubled", *both(lambda p: str(p.doubled)))
-    row("redeliveries absorbed (idempotency)", *both(lambda p: str(p.duplicates_absorbed)))
+    row("redeliveries absorbed (idempotency)",
+        *both(lambda p: "-" if p.accept_only else str(p.duplicates_absorbed)))
     for pm in m.memory:
         row(f"RSS {pm.label} idle / after (MB)", f"{_num(pm.idle_mb)} / {_num(pm.after_mb)}")
     if r:
@@ -216,7 +229,8 @@ def render_table(report: Report) -> str:
              for cells in [head] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     env = report.environment
-    title = (f"meshrun bench: {report.transport}, {m.mode} loop, commit {env.get('commit')}"
+    title = (f"meshrun bench: {report.transport}, {m.mode} loop{', accept only' if m.accept_only else ''}, "
+             f"commit {env.get('commit')}"
              f"{' (dirty)' if env.get('dirty') else ''}, {env.get('nproc')} cores, {env.get('cpu')}, "
              f"Python {env.get('python')}, {env.get('event_loop')}")
     return "\n".join([title, *lines, *(f"note: {n}" for n in report.notes)])

@@ -1,6 +1,8 @@
 """One `meshrun bench` run, phase by phase: start (or attach), ready, tokens, warm-up, load, probes, stop, floor.
 
 The order of the phases is written once, here; what each phase measures lives in `load`, `probes`, `launcher`.
+Accept-only, the same phases run with only auth and orders started, and the load stops at the Order service's
+answers: the broker's own count of order-events records tells what was lost or doubled.
 """
 from __future__ import annotations
 
@@ -33,10 +35,12 @@ from meshrun.bench.report import (
     Report,
     environment,
 )
-from meshrun.config import MeshConfig, load_config
+from meshrun.config import KafkaTransportConfig, MeshConfig, load_config
 from meshrun.logs import configure_logging
+from meshrun.services.events import ORDER_EVENTS
 
 REQUIRED = ("auth", "orders", "notification", "users")
+ACCEPT_ONLY_SERVICES = ("auth", "orders")   # the token issuer and the service measured, nothing downstream
 
 
 @dataclass
@@ -61,6 +65,8 @@ class BenchOptions:
     token_seconds: float = 2.0
     progress: bool | None = None
     command: str = "meshrun bench"
+    accept_only: bool = False       # measure the Order service alone: answers only, nothing downstream runs
+    orders_workers: int = 1         # accept-only: `meshrun up --only orders --workers N`
 
     @property
     def count(self) -> int:
@@ -89,10 +95,13 @@ def _load(options: BenchOptions) -> MeshConfig:
     config = load_config(options.config_path)
     if options.transport:
         config = config.with_transport(options.transport)
-    missing = [n for n in REQUIRED if n not in config.services]
+    required = ACCEPT_ONLY_SERVICES if options.accept_only else REQUIRED
+    missing = [n for n in required if n not in config.services]
     if missing:
-        raise BenchError(f"{config.file}: the benchmark needs the services {', '.join(REQUIRED)} of the order "
+        raise BenchError(f"{config.file}: the benchmark needs the services {', '.join(required)} of the order "
                          f"pipeline; missing: {', '.join(missing)}")
+    if options.accept_only:
+        _check_accept_only(config, options)
     if options.split:
         if config.transport != "kafka":
             raise BenchError("--split runs the mesh as several processes, which only the Kafka transport connects: "
@@ -104,6 +113,52 @@ def _load(options: BenchOptions) -> MeshConfig:
                              f"({', '.join(config.services)}); unknown or missing: "
                              f"{', '.join(unknown or sorted(set(config.services) ^ set(named)))}")
     return config
+
+
+def _check_accept_only(config: MeshConfig, options: BenchOptions) -> None:
+    """Accept-only starts its own two services on Kafka and measures nothing else (the CLI checks it too)."""
+    if config.transport != "kafka":
+        raise BenchError("--accept-only needs the Kafka transport: add --transport kafka (in memory nothing would "
+                         "consume the order events, and the retention would soon make the Order service's "
+                         "publishers wait)")
+    if options.split or options.attach:
+        raise BenchError("--accept-only starts auth and orders itself: it does not combine with --split or --attach")
+    if options.compare_raw:
+        raise BenchError("--accept-only does not combine with --compare-raw: the framework-free floor is measured "
+                         "end to end only")
+
+
+def served_services(config: MeshConfig, options: BenchOptions) -> list[str]:
+    """The services this run starts (or attaches to): all of the config's, or accept-only, auth and orders."""
+    return list(ACCEPT_ONLY_SERVICES) if options.accept_only else list(config.services)
+
+
+def mesh_processes(config: MeshConfig, options: BenchOptions, workdir: Path) -> list[Launched]:
+    """The `meshrun up` processes to start: the whole mesh in one, the groups of --split, or accept-only auth and
+    orders (in one process, or orders in --orders-workers processes of its own)."""
+    def up(label: str, file: str, only: list[str] | None, workers: int = 1) -> Launched:
+        return mesh_process(label, file, config.transport, workdir, options.log_level, only, workers)
+
+    if options.accept_only and options.orders_workers > 1:
+        return [up("auth", config.file, ["auth"]), up("orders", config.file, ["orders"], options.orders_workers)]
+    if options.accept_only:
+        return [up("auth,orders", config.file, list(ACCEPT_ONLY_SERVICES))]
+    if options.split:
+        file = config_for_split(config.file, workdir)
+        groups = options.split
+        return [up("mesh" if len(groups) == 1 else ",".join(group), file, group) for group in groups]
+    return [up("mesh", config.file, None)]
+
+
+def launched_processes(launched: list[Launched]) -> list[tuple[str, int]]:
+    """(label, pid) of each started process and of its children: the workers of `meshrun up --workers N` do the
+    work, and their CPU time and memory are theirs, not their parent's."""
+    processes: list[tuple[str, int]] = []
+    for proc in launched:
+        children = probes.child_pids(proc.pid)
+        processes.append((f"{proc.label} (parent)" if children else proc.label, proc.pid))
+        processes += [(f"{proc.label} worker {n}", pid) for n, pid in enumerate(children, 1)]
+    return processes
 
 
 class Pipeline:
@@ -124,43 +179,73 @@ class Pipeline:
         return [ProcessMemory(label, pid, self.idle.get(pid), probes.rss_mb(pid)) for label, pid in self.processes]
 
 
-def _sessions(options: BenchOptions) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
-    """A keep-alive session for the orders (as many connections as orders in flight) and one for polling."""
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+def _order_session(options: BenchOptions) -> aiohttp.ClientSession:
+    """A keep-alive session for the orders: as many connections as orders in flight (unbounded in open loop)."""
     limit = options.concurrency if not options.rate else 0
-    timeout = aiohttp.ClientTimeout(total=60)
-    return (aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=60), timeout=timeout),
-            aiohttp.ClientSession(timeout=timeout))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=60),
+                                 timeout=HTTP_TIMEOUT)
+
+
+def _sessions(options: BenchOptions) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
+    """The session for the orders and one for polling the User service."""
+    return _order_session(options), aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
 
 
 async def warm_up(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOptions, prefix: str) -> None:
-    """Orders sent and awaited before measuring: connections, caches, the machine token, the allocator."""
+    """Orders sent and awaited before measuring: connections, caches, the machine token, the allocator.
+
+    Accept-only, they are awaited to their answers only, as the measured ones are.
+    """
     if not options.warmup:
         return
     say(f"{pipeline.name}: warm-up, {options.warmup} orders")
-    http, poll_http = _sessions(options)
-    async with http, poll_http:
-        warm = load.OrderRun(prefix + "w", options.warmup, "closed")
-        figures = await load.drive(http, poll_http, pipeline.target, auth, warm,
-                                   concurrency=min(options.concurrency, options.warmup),
-                                   drain_timeout=options.drain_timeout)
-    if figures.lost or figures.rejected:
-        raise BenchError(f"{pipeline.name}: warm-up failed: {figures.accepted} of {figures.sent} accepted "
-                         f"({figures.rejected or 'no rejection'}), {figures.lost} never notified")
+    warm = load.OrderRun(prefix + "w", options.warmup, "closed")
+    concurrency = min(options.concurrency, options.warmup)
+    never_notified = 0
+    if options.accept_only:
+        async with _order_session(options) as http:
+            await load.send_orders(http, pipeline.target, auth, warm, concurrency=concurrency)
+    else:
+        http, poll_http = _sessions(options)
+        async with http, poll_http:
+            figures = await load.drive(http, poll_http, pipeline.target, auth, warm, concurrency=concurrency,
+                                       drain_timeout=options.drain_timeout)
+        never_notified = figures.lost
+    rejected = warm.rejected()
+    if never_notified or rejected:
+        raise BenchError(f"{pipeline.name}: warm-up failed: {warm.accepted} of {warm.sent} accepted "
+                         f"({rejected or 'no rejection'}), {never_notified} never notified")
+
+
+def _new_run(pipeline: Pipeline, options: BenchOptions, prefix: str) -> load.OrderRun:
+    run = load.OrderRun(prefix, options.count, "open" if options.rate else "closed")
+    say(f"{pipeline.name}: {run.count:,} orders, " + (f"open loop at {options.rate:g}/s" if options.rate else
+                                                     f"closed loop, concurrency {options.concurrency}")
+        + (", accept only" if options.accept_only else ""))
+    return run
+
+
+def _progress_line(pipeline: Pipeline, progress: Progress, accept_only: bool) -> load.ProgressFn:
+    """The progress shown while a run goes: notified orders, or accept-only, accepted ones."""
+    started = time.time()
+
+    def show(r: load.OrderRun, phase: str) -> None:
+        elapsed = max(time.time() - started, 1e-6)
+        done, what = (r.accepted, "accepted") if accept_only else (r.notified, "e2e")
+        progress.update(pipeline.name, done, r.count,
+                        f"{phase}: sent {r.sent:,} accepted {r.accepted:,} ({done / elapsed:,.0f}/s {what})")
+
+    return show
 
 
 async def measure(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOptions, prefix: str,
                   progress: Progress) -> PipelineFigures:
     """Drive the run's orders through `pipeline` and follow them to their notifications."""
-    run = load.OrderRun(prefix, options.count, "open" if options.rate else "closed")
-    say(f"{pipeline.name}: {run.count:,} orders, " + (f"open loop at {options.rate:g}/s" if options.rate else
-                                                     f"closed loop, concurrency {options.concurrency}"))
-    started = time.time()
-
-    def show(r: load.OrderRun, phase: str) -> None:
-        elapsed = max(time.time() - started, 1e-6)
-        progress.update(pipeline.name, r.notified, r.count,
-                        f"{phase}: sent {r.sent:,} accepted {r.accepted:,} ({r.notified / elapsed:,.0f}/s e2e)")
-
+    run = _new_run(pipeline, options, prefix)
+    show = _progress_line(pipeline, progress, accept_only=False)
     http, poll_http = _sessions(options)
     meter = probes.CpuMeter([pid for _, pid in pipeline.processes], pipeline.broker)
     try:
@@ -172,6 +257,29 @@ async def measure(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOpt
         progress.clear()
     figures.cpu = meter.finish(figures.notified)
     figures.memory = pipeline.memory()
+    return figures
+
+
+async def measure_accepts(pipeline: Pipeline, auth: load.BearerHeader, options: BenchOptions, prefix: str,
+                          progress: Progress, kafka: KafkaTransportConfig) -> PipelineFigures:
+    """Accept-only: drive the run's orders to the Order service's answers, then ask the broker how many records
+    order-events gained meanwhile (nothing else publishes there: only auth and orders run)."""
+    run = _new_run(pipeline, options, prefix)
+    show = _progress_line(pipeline, progress, accept_only=True)
+    before = await probes.topic_end_offset(kafka, ORDER_EVENTS)
+    meter = probes.CpuMeter([pid for _, pid in pipeline.processes], pipeline.broker)
+    try:
+        async with _order_session(options) as http:
+            await load.send_orders(http, pipeline.target, auth, run, concurrency=options.concurrency,
+                                   rate=options.rate, progress=show)
+    finally:
+        progress.clear()
+    cpu = meter.finish(run.accepted)
+    memory = pipeline.memory()
+    # Every 202 was answered after the broker acknowledged its record, so the end offsets read now include it.
+    appended = await probes.topic_end_offset(kafka, ORDER_EVENTS) - before
+    figures = run.accept_figures(pipeline.name, appended)
+    figures.cpu, figures.memory = cpu, memory
     return figures
 
 
@@ -205,9 +313,9 @@ async def probe_tokens(config: MeshConfig, issuer: str, token: str, options: Ben
 async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, report_args: dict[str, Any],
                      progress: Progress) -> Report:
     host = config.host
-    urls = {n: config.service_url(n) for n, s in config.services.items() if s.port}
+    urls = {n: config.service_url(n) for n in served_services(config, options) if config.services[n].port}
     issuer = (config.issuer or urls["auth"]).rstrip("/")
-    target = load.Target(urls["orders"], urls["users"])
+    target = load.Target(urls["orders"], urls.get("users", ""))  # accept-only: no User service to follow
     launched: list[Launched] = []
     ready_seconds = None
     try:
@@ -227,19 +335,14 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
             processes = [(f"pid {pid}" + (f" :{','.join(map(str, p))}" if p else ""), pid)
                          for pid, p in sorted(owners.items())]
         else:
-            groups = options.split or [list(config.services)]
-            file = config_for_split(config.file, workdir) if options.split else config.file
-            for group in groups:
-                label = "mesh" if len(groups) == 1 else ",".join(group)
-                launched.append(mesh_process(label, file, config.transport, workdir, options.log_level,
-                                             group if options.split else None))
+            launched = mesh_processes(config, options, workdir)
             say(f"starting the mesh ({config.transport}, {len(launched)} process(es)), logs in {workdir}")
             started = time.perf_counter()
             for proc in launched:
                 proc.start()
             ready_seconds = round(await wait_ready(launched, list(urls.values()), started, options.ready_timeout), 3)
             say(f"mesh ready in {ready_seconds:.3f} s")
-            processes = [(p.label, p.pid) for p in launched]
+            processes = launched_processes(launched)
         broker = broker_pids(config)
         pipeline = Pipeline("meshrun", target, processes, broker)
         pipeline.memory_idle()
@@ -249,16 +352,21 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
         auth = load.BearerHeader(token, lambda: credentials.user_token(issuer, options.user, password, audience))
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         await warm_up(pipeline, auth, options, prefix)
-        async with aiohttp.ClientSession() as http:
-            tokens_before = await probes.machine_tokens_fetched(http, urls["notification"])
-        figures = await measure(pipeline, auth, options, prefix, progress)
+        if options.accept_only:
+            # No Notification service runs: there are no machine tokens to count (the table shows "-").
+            figures = await measure_accepts(pipeline, auth, options, prefix, progress, config.kafka)
+            report = Report(meshrun=figures, **report_args)
+        else:
+            async with aiohttp.ClientSession() as http:
+                tokens_before = await probes.machine_tokens_fetched(http, urls["notification"])
+            figures = await measure(pipeline, auth, options, prefix, progress)
+            async with aiohttp.ClientSession() as http:
+                tokens_after = await probes.machine_tokens_fetched(http, urls["notification"])
+            report = Report(meshrun=figures, **report_args)
+            report.machine_tokens_fetched = {
+                "during_run": tokens_after - tokens_before if tokens_after is not None and tokens_before is not None
+                else None, "total": tokens_after}
         figures.ready_seconds = ready_seconds
-        async with aiohttp.ClientSession() as http:
-            tokens_after = await probes.machine_tokens_fetched(http, urls["notification"])
-        report = Report(meshrun=figures, **report_args)
-        report.machine_tokens_fetched = {
-            "during_run": tokens_after - tokens_before if tokens_after is not None and tokens_before is not None
-            else None, "total": tokens_after}
         say("probing the token endpoint and token verification")
         await probe_tokens(config, issuer, token, options, report)
     finally:
