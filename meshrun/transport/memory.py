@@ -179,6 +179,7 @@ class InMemoryTransport(Transport):
         self._groups: dict[str, _Group] = {}
         self._started = False
         self._member_ids = itertools.count(1)
+        self._wake_batch = max(1, self.config.retention // 16)
 
     async def start(self) -> None:
         self._started = True
@@ -239,21 +240,27 @@ class InMemoryTransport(Transport):
         return slowest
 
     def _trim(self, part: _Partition) -> tuple[str | None, int]:
-        """Drop the oldest records every group has consumed, down to below retention; the slowest group and its
-        offset."""
+        """Drop the oldest records every group has consumed, until the partition has room for what is promised to
+        woken publishers and one more; the slowest group and its offset."""
         group, slowest = self._slowest(part)
         retention = self.config.retention
-        while part.records and part.log_start < slowest and len(part.records) >= retention:
+        while part.records and part.log_start < slowest and len(part.records) + part.granted >= retention:
             part.records.popleft()
             part.log_start += 1
         return group, slowest
 
     def _free_space(self, part: _Partition) -> None:
-        """A consumer moved past the oldest record: trim, and wake as many waiting publishers as there are free
-        slots, oldest first (waking them all made each re-check, thousands of times a second under backpressure)."""
-        self._trim(part)
-        free = self.config.retention - len(part.records) - part.granted
+        """A consumer moved on: once the slowest group has made room for a batch of records (a low-water mark),
+        wake that many waiting publishers, oldest first.
+
+        Waking all of them for every freed slot made each re-check; waking one per slot kept the loop in lock-step,
+        one record per turn. A batch lets publishers and consumers each run through many records per turn.
+        """
+        _, slowest = self._slowest(part)
+        free = self.config.retention - (part.next_offset - slowest) - part.granted
         waiters = part.space_waiters
+        if free < self._wake_batch or not waiters:
+            return
         while free > 0 and waiters:
             room = waiters.popleft()
             if not room.done():

@@ -57,7 +57,7 @@ async def test_a_slow_consumer_makes_publishers_wait_and_nothing_is_dropped():
     await transport.stop()
 
 
-async def test_waiting_publishers_go_on_first_come_first_served_one_per_freed_slot():
+async def test_waiting_publishers_go_on_first_come_first_served():
     transport = InMemoryTransport(MemoryTransportConfig(retention=3, publish_timeout=10.0))
     await transport.start()
     await transport.ensure_topics([TopicConfig("t", 1)])
