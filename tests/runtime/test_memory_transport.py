@@ -92,6 +92,38 @@ async def test_waiting_publishers_go_on_first_come_first_served():
     await transport.stop()
 
 
+async def test_waiting_publishers_are_woken_once_a_batch_of_room_is_free():
+    transport = InMemoryTransport(MemoryTransportConfig(retention=64, publish_timeout=10.0))  # batches of 4
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("t", 1)])
+    release = asyncio.Semaphore(0)
+    handled: list[int] = []
+
+    async def step(record: Record) -> None:
+        await release.acquire()
+        handled.append(record.offset)
+
+    await transport.subscribe("t", "g", step, retry=RETRY)
+    for i in range(64):
+        await transport.publish("t", b"x", key=b"k")
+    waiting = asyncio.create_task(transport.publish("t", b"last", key=b"k"))
+    part = transport._topics["t"].partitions[0]
+    await eventually(lambda: len(part.space_waiters) == 1)
+    for _ in range(3):
+        release.release()
+    await eventually(lambda: len(handled) == 3)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # 3 free slots: below the batch of 4
+    release.release()
+    await asyncio.wait_for(waiting, 5)
+    assert len(handled) == 4 and part.next_offset == 65
+    for _ in range(61):
+        release.release()
+    await eventually(lambda: len(handled) == 65)
+    await transport.stop()
+
+
 async def test_a_publisher_waiting_too_long_gets_a_clear_error():
     transport = InMemoryTransport(MemoryTransportConfig(retention=2, publish_timeout=0.1))
     await transport.start()
