@@ -48,7 +48,7 @@ class _JsonLine:
         event["level"] = _LEVEL_NAMES.get(method_name, method_name)
         self._timestamp(logger, method_name, event)
         if "exc_info" in event:
-            event = structlog.processors.format_exc_info(logger, method_name, event)
+            event = dict(structlog.processors.format_exc_info(logger, method_name, event))
         return orjson.dumps(event, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
