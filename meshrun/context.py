@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from meshrun.config import MeshConfig, ServiceConfig
+from meshrun.errors import TransportStateError
 from meshrun.events import Event, encode, transport_headers
 from meshrun.transport.base import Headers, Record, RecordMetadata, Transport
 
@@ -85,13 +86,14 @@ def _retrieve(ack: asyncio.Future[Any]) -> None:
 class EventContext:
     """The record being handled, and a logger bound with its topic, partition, offset, event id and trace id."""
 
-    __slots__ = ("service", "record", "log", "acks")
+    __slots__ = ("service", "record", "log", "acks", "finished")
 
     def __init__(self, service: ServiceContext, record: Record, log: Any) -> None:
         self.service = service
         self.record = record
         self.log = log
         self.acks: list[asyncio.Future[Any]] | None = None
+        self.finished = False  # set by the runtime once the handler returned: its acks are collected then
 
     async def publish(self, topic: str, event: Event | bytes, *, key: str | bytes | None = None,
                       headers: Headers = (), wait: bool = False) -> RecordMetadata | None:
@@ -104,6 +106,11 @@ class EventContext:
         """
         if wait:
             return await self.service.publish(topic, event, key=key, headers=headers)
+        if self.finished:
+            # Its record may be committed already, so nothing would wait for this acknowledgement.
+            raise TransportStateError(
+                "ctx.publish after the event handler returned: await it inside the handler, or use "
+                "`await ctx.publish(..., wait=True)` / `ctx.service.publish(...)` from a background task")
         value, raw_key, headers = _record_of(event, key, headers)
         ack = await self.service.transport.send(topic, value, key=raw_key, headers=headers)
         if ack.done():

@@ -91,13 +91,19 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: Dec
                                 event_id=event_id.decode() if event_id else None,
                                 trace_id=trace_id.decode() if trace_id else None)
             event_ctx = EventContext(ctx, record, log)
-            await handler(record, event_ctx)
+            try:
+                await handler(record, event_ctx)
+            finally:
+                event_ctx.finished = True
             return event_ctx.acks
         event = decoded.decode(record, event_type)
         log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                             event_id=event.event_id, trace_id=event.trace_id)
         event_ctx = EventContext(ctx, record, log)
-        await handler(event, event_ctx)
+        try:
+            await handler(event, event_ctx)
+        finally:
+            event_ctx.finished = True
         return event_ctx.acks  # the transport commits this record once they resolve
 
     return handle

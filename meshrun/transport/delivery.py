@@ -26,6 +26,52 @@ class PoisonEvent(Exception):
     """Raised for a record that can never be handled (it cannot be decoded): dead-lettered at once."""
 
 
+class PublishRefused(Exception):
+    """What a handler published was refused for good (say, too large for the topic): retried, then dead-lettered."""
+
+
+def first_error(acks: Acks) -> BaseException | None:
+    """The first failure among resolved acknowledgements (a cancelled one counts as failed)."""
+    for ack in acks:
+        if ack.cancelled():
+            return asyncio.CancelledError()
+        error = ack.exception()
+        if error is not None:
+            return error
+    return None
+
+
+def transient_error(error: BaseException) -> bool:
+    """A failure that passes by itself: a timeout, a lost connection, or one its library marks as retriable."""
+    return isinstance(error, (TimeoutError, ConnectionError)) or bool(getattr(error, "retriable", False))
+
+
+def awaiting_acks(handler: Handler, transient: Callable[[BaseException], bool]) -> Handler:
+    """`handler`, finishing only once what it published is acknowledged: a publish that failed makes it raise, as
+    RetryLater when `transient` says the failure passes (the broker is unreachable), else as PublishRefused, so a
+    record whose output is refused for good follows the retry policy to the dead-letter topic."""
+
+    async def handle(record: Record) -> Acks | None:
+        acks = _acks_of(await handler(record))
+        if acks:
+            await asyncio.wait(acks)
+            error = first_error(acks)
+            if error is not None:
+                if transient(error):
+                    raise RetryLater(f"publish not acknowledged: {error!r}") from error
+                raise PublishRefused(f"publish refused: {error!r}") from error
+        return ()
+
+    return handle
+
+
+def _acks_of(result: object) -> Acks:
+    """A handler's result: its list of pending acknowledgements, or nothing (a plain handler may return anything)."""
+    if isinstance(result, list) and all(asyncio.isfuture(ack) for ack in result):
+        return result
+    return ()
+
+
 def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
@@ -69,7 +115,7 @@ async def deliver(
     offset stays uncommitted, so the record is redelivered later).
     """
     try:
-        return await handler(record) or ()
+        return _acks_of(await handler(record))
     except asyncio.CancelledError:
         raise
     except BaseException as first_error:  # noqa: BLE001 - every handler failure is retried or dead-lettered
@@ -112,7 +158,7 @@ async def deliver(
             return None
         delay = min(delay * 2, retry.backoff_max)
         try:
-            acks = await handler(record) or ()
+            acks = _acks_of(await handler(record))
             if transient:
                 log.info("handler_recovered", retries=transient + attempts - 1, **where)
             return acks

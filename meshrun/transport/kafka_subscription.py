@@ -12,12 +12,19 @@ from typing import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+)
 from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
 from meshrun.transport.base import Acks, Handler, Headers, Record, StartFrom, Subscription, SubscriptionState
-from meshrun.transport.delivery import deliver
+from meshrun.transport.delivery import awaiting_acks, deliver, first_error, transient_error
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
 
 log = structlog.get_logger("meshrun.transport.kafka")
@@ -114,7 +121,7 @@ class _PartitionWorker:
                 if len(unacked) <= keep:
                     return True
                 await asyncio.wait(acks)
-            error = _first_error(acks)
+            error = first_error(acks)
             if error is not None:
                 if not handle_again or not await self._handle_again(message, error):
                     return False
@@ -123,37 +130,23 @@ class _PartitionWorker:
         return True
 
     async def _handle_again(self, message: ConsumerRecord[bytes, bytes], error: BaseException) -> bool:
-        """Handle a record again, waiting for its publishes this time, until they are acknowledged or a stop is
-        requested (at least once: what the first attempt did may happen twice)."""
+        """Handle a record again, its publishes awaited this time, under the retry policy: until they are
+        acknowledged, or (refused for good) until it is dead-lettered. At least once: what the first attempt did
+        may happen twice. False if a stop was requested first."""
         sub = self.sub
-        delay = sub.retry.backoff_initial
-        while True:
-            log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=message.offset,
-                        partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
-            if self.stopping.is_set():
-                return False
-            acks = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
-                                 dead_letter=sub.dead_letter, stopping=self.stopping)
-            if acks is None:
-                return False
-            if acks:
-                await asyncio.wait(acks)
-            error = _first_error(acks)  # type: ignore[assignment]
-            if error is None:
-                return True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
-            delay = min(delay * 2, sub.retry.backoff_max)
+        if self.stopping.is_set():  # leave it uncommitted: the partition's next owner handles it
+            return False
+        log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=message.offset,
+                    partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
+        acks = await deliver(to_record(message), awaiting_acks(sub.handler, transient_publish_error),
+                             group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping)
+        return acks is not None
 
 
-def _first_error(acks: Acks) -> BaseException | None:
-    for ack in acks:
-        if ack.cancelled():
-            return asyncio.CancelledError()
-        error = ack.exception()
-        if error is not None:
-            return error
-    return None
+def transient_publish_error(error: BaseException) -> bool:
+    """A publish failure that passes by itself: the broker unreachable or busy, or a batch refused after an earlier
+    one failed (out of sequence); not one that is refused for good (too large, not authorised)."""
+    return isinstance(error, (KafkaTimeoutError, OutOfOrderSequenceNumber)) or transient_error(error)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -29,15 +29,18 @@ from meshrun.transport.base import (
     TopicInfo,
     Transport,
 )
-from meshrun.transport.delivery import deliver
+from meshrun.transport.delivery import awaiting_acks, deliver, first_error, transient_error
 from meshrun.transport.partitioner import partition_for
 
 log = structlog.get_logger("meshrun.transport.memory")
 
+# Waiting publishers are woken once a batch of room is free, or this long after the first free slot.
+WAKE_WITHIN = 0.05
+
 
 class _Partition:
     __slots__ = ("topic", "index", "records", "log_start", "next_offset", "waiters", "space_waiters", "granted",
-                 "warned_at")
+                 "wake_timer", "warned_at")
 
     def __init__(self, topic: str, index: int) -> None:
         self.topic = topic
@@ -50,6 +53,7 @@ class _Partition:
         # or False by its own timeout.
         self.space_waiters: deque[asyncio.Future[bool]] = deque()
         self.granted = 0  # slots promised to woken publishers that have not appended yet
+        self.wake_timer: asyncio.TimerHandle | None = None  # wakes waiters below the low-water mark, a little later
         self.warned_at = 0.0
 
     def wake(self, waiters: list[asyncio.Future[None]]) -> None:
@@ -141,6 +145,15 @@ class MemorySubscription(Subscription):
         self._tasks[partition] = (task, stop)
 
     async def _consume(self, part: _Partition, stop: asyncio.Event) -> None:
+        try:
+            await self._consume_in_order(part, stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here would silently stall the partition: say so loudly
+            log.exception("memory_partition_consumer_crashed", topic=self.topic, partition=part.index,
+                          group=self.group)
+
+    async def _consume_in_order(self, part: _Partition, stop: asyncio.Event) -> None:
         """Deliver one partition's records in order; commit each offset once its handler is done."""
         committed = self._group.committed
         key = (self.topic, part.index)
@@ -161,6 +174,11 @@ class MemorySubscription(Subscription):
                 return
             if acks:  # never from this transport's own sends, which are durable when they return
                 await asyncio.wait(acks)
+                if first_error(acks) is not None:  # handle it again, its publishes awaited, under the retry policy
+                    acks = await deliver(record, awaiting_acks(handler, transient_error), group=self.group,
+                                         retry=self.retry, dead_letter=self.transport._dead_letter, stopping=stop)
+                    if acks is None:
+                        return
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
                 committed[key] = position + 1
@@ -249,24 +267,38 @@ class InMemoryTransport(Transport):
             part.log_start += 1
         return group, slowest
 
-    def _free_space(self, part: _Partition) -> None:
-        """A consumer moved on: once the slowest group has made room for a batch of records (a low-water mark),
-        wake that many waiting publishers, oldest first.
+    def _free_space(self, part: _Partition, *, now: bool = False) -> None:
+        """A consumer moved on: wake as many waiting publishers as there is room, oldest first, once the slowest
+        group has made room for a batch (a low-water mark), or `WAKE_WITHIN` seconds after the first free slot.
 
         Waking all of them for every freed slot made each re-check; waking one per slot kept the loop in lock-step,
-        one record per turn. A batch lets publishers and consumers each run through many records per turn.
+        one record per turn. A batch lets publishers and consumers each run through many records per turn, and the
+        deadline keeps a slow consumer's publishers from waiting for a batch that takes long to free.
         """
+        waiters = part.space_waiters
+        if not waiters:
+            return
         _, slowest = self._slowest(part)
         free = self.config.retention - (part.next_offset - slowest) - part.granted
-        waiters = part.space_waiters
-        if free < self._wake_batch or not waiters:
+        if free <= 0:
             return
+        if free < self._wake_batch and not now:
+            if part.wake_timer is None:
+                part.wake_timer = asyncio.get_running_loop().call_later(WAKE_WITHIN, self._wake_late, part)
+            return
+        if part.wake_timer is not None:
+            part.wake_timer.cancel()
+            part.wake_timer = None
         while free > 0 and waiters:
             room = waiters.popleft()
             if not room.done():
                 room.set_result(True)
                 part.granted += 1
                 free -= 1
+
+    def _wake_late(self, part: _Partition) -> None:
+        part.wake_timer = None
+        self._free_space(part, now=True)
 
     async def _make_room(self, part: _Partition) -> None:
         """Wait until the partition has room for one more record and no publisher that waited longer is still
@@ -276,7 +308,9 @@ class InMemoryTransport(Transport):
         my_turn = False
         while True:
             group, slowest = self._trim(part)
-            if len(part.records) + part.granted < self.config.retention and (my_turn or not part.space_waiters):
+            # A publisher whose wait timed out goes first too: those still queued came after it.
+            first = my_turn or not part.space_waiters or time.monotonic() >= deadline
+            if len(part.records) + part.granted < self.config.retention and first:
                 return  # the caller appends at once, before any other coroutine runs
             now = time.monotonic()
             if now - part.warned_at > 5.0:
@@ -298,7 +332,7 @@ class InMemoryTransport(Transport):
             except asyncio.CancelledError:
                 if room.done() and not room.cancelled() and room.result():
                     part.granted -= 1
-                    self._free_space(part)  # the slot it was given passes to the next publisher
+                    self._free_space(part, now=True)  # the slot it was given passes to the next publisher
                 else:
                     _forget(part.space_waiters, room)
                 raise

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import (
@@ -309,3 +309,42 @@ def test_the_partitioner_matches_the_in_memory_one_whatever_the_partition_order(
     for i in range(50):
         key = f"customer-{i}".encode()
         assert partitioner(key, [3, 1, 0, 2], [2, 0]) == partition_for(key, 4, itertools.count())
+
+
+async def test_a_publish_the_broker_refuses_for_good_is_retried_then_dead_lettered(kafka: KafkaTransport,
+                                                                                   bootstrap: str) -> None:
+    # The handler's output is larger than the output topic accepts: the record must not be handled again forever;
+    # it follows the retry policy to the dead-letter topic, and the partition moves on to the next record.
+    source, output, group = unique("refused-in"), unique("refused-out"), unique("refused-group")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(output, 1, 1, topic_configs={"max.message.bytes": "1000"})])
+    finally:
+        await admin.close()
+    dlq = dead_letter_topic(source)
+    await kafka.ensure_topics([TopicConfig(source, 1), TopicConfig(dlq, 1)])
+    calls: list[int] = []
+
+    async def publish_output(record: Record) -> list[asyncio.Future[Any]]:
+        calls.append(record.offset)
+        value = b"x" * 5000 if record.value == b"too-big" else b"fine"
+        return [await kafka.send(output, value, key=record.key)]  # pipelined, as EventContext.publish does
+
+    await kafka.publish(source, b"too-big", key=b"k")
+    await kafka.publish(source, b"small", key=b"k")
+    sub = await kafka.subscribe(source, group, publish_output, retry=RETRY)
+    try:
+        async def both_committed() -> bool:
+            [info] = await kafka.describe([source])
+            lags = info.groups.get(group)
+            return bool(lags) and lags[0].committed == 2
+
+        await eventually(both_committed, timeout=60, what="both records committed")
+        _, ends = await kafka._admin.log_offsets([TopicPartition(dlq, 0), TopicPartition(output, 0)])
+        assert ends[TopicPartition(dlq, 0)] == 1  # the refused record, dead-lettered once
+        assert ends[TopicPartition(output, 0)] == 1  # the small record's output
+        assert calls.count(0) == RETRY.max_attempts + 1  # the pipelined attempt, then the retry policy
+        assert calls.count(1) in (1, 2)  # twice if its output shared the refused record's batch
+    finally:
+        await sub.stop(1.0)

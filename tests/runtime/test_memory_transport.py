@@ -8,7 +8,7 @@ import pytest
 from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import Backpressure
 from meshrun.transport.base import Record
-from meshrun.transport.memory import InMemoryTransport
+from meshrun.transport.memory import InMemoryTransport, _Group
 from tests.polling import eventually
 
 RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01)
@@ -124,6 +124,59 @@ async def test_waiting_publishers_are_woken_once_a_batch_of_room_is_free():
     await transport.stop()
 
 
+async def test_a_slow_consumer_frees_room_below_the_batch_and_its_publishers_still_go_on_soon():
+    # 3 free slots are below the batch of 4 (retention 64), and the consumer stalls there: the waiting publishers
+    # must still be woken, in order, well before the publish timeout.
+    transport = InMemoryTransport(MemoryTransportConfig(retention=64, publish_timeout=10.0))
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("t", 1)])
+    release = asyncio.Semaphore(0)
+
+    async def step(record: Record) -> None:
+        await release.acquire()
+
+    await transport.subscribe("t", "g", step, retry=RETRY)
+    for _ in range(64):
+        await transport.publish("t", b"x", key=b"k")
+    finished: list[int] = []
+
+    async def publish(i: int) -> None:
+        await transport.publish("t", b"waiting-%d" % i, key=b"k")
+        finished.append(i)
+
+    waiting = [asyncio.create_task(publish(i)) for i in range(3)]
+    part = transport._topics["t"].partitions[0]
+    await eventually(lambda: len(part.space_waiters) == 3)
+    for _ in range(3):
+        release.release()
+    await asyncio.wait_for(asyncio.gather(*waiting), 2)  # far below the 10 s timeout
+    assert finished == [0, 1, 2]
+    for _ in range(64):
+        release.release()
+    await transport.stop()
+
+
+async def test_a_publisher_that_timed_out_takes_free_room_before_younger_waiters():
+    transport = InMemoryTransport(MemoryTransportConfig(retention=64, publish_timeout=0.3))
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("t", 1)])
+    part = transport._topics["t"].partitions[0]
+    group = transport._groups.setdefault("held", _Group("held"))  # a group with no live member: nothing wakes
+    group.committed[("t", 0)] = 0
+    for _ in range(64):
+        await transport.publish("t", b"x", key=b"k")
+    oldest = asyncio.create_task(transport.publish("t", b"oldest", key=b"k"))
+    await eventually(lambda: len(part.space_waiters) == 1)
+    younger = asyncio.create_task(transport.publish("t", b"younger", key=b"k"))
+    await eventually(lambda: len(part.space_waiters) == 2)
+    group.committed[("t", 0)] = 1  # room for one record, below the batch: no wake-up
+    await asyncio.wait_for(oldest, 2)  # the oldest publisher takes it at its timeout
+    with pytest.raises(Backpressure):
+        await asyncio.wait_for(younger, 2)
+    assert [r.value for r in part.records][-1] == b"oldest"
+    await transport.stop()
+
+
 async def test_a_publisher_waiting_too_long_gets_a_clear_error():
     transport = InMemoryTransport(MemoryTransportConfig(retention=2, publish_timeout=0.1))
     await transport.start()
@@ -148,3 +201,22 @@ async def test_publishing_before_start_says_what_to_do():
     transport = InMemoryTransport()
     with pytest.raises(Exception, match="call `await transport.start\\(\\)` first"):
         await transport.publish("t", b"x")
+
+
+async def test_a_handler_that_returns_a_value_does_not_stop_its_partition():
+    # A plain handler may return anything (here where its publish landed); only a list of acknowledgements counts.
+    transport = InMemoryTransport(MemoryTransportConfig(retention=10))
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("in", 1), TopicConfig("out", 1)])
+    handled: list[int] = []
+
+    async def forward(record: Record) -> object:
+        handled.append(record.offset)
+        return await transport.publish("out", record.value, key=record.key)
+
+    await transport.subscribe("in", "g", forward, retry=RETRY)
+    for _ in range(3):
+        await transport.publish("in", b"x", key=b"k")
+    await eventually(lambda: handled == [0, 1, 2])
+    await eventually(lambda: transport._groups["g"].committed[("in", 0)] == 3)
+    await transport.stop()
