@@ -30,6 +30,8 @@ KAFKA_OPTIONS: dict[str, type] = {
     "session_timeout_ms": int,
     "heartbeat_interval_ms": int,
     "max_poll_records": int,
+    "max_partition_fetch_bytes": int,
+    "fetch_max_bytes": int,
     "linger_ms": int,
     "commit_interval_ms": int,
     "max_in_flight_per_partition": int,

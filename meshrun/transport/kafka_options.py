@@ -25,7 +25,8 @@ log = structlog.get_logger("meshrun.transport.kafka")
 _COMMON = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 _PRODUCER = ("linger_ms",)
-_CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms")
+_CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms",
+             "max_partition_fetch_bytes", "fetch_max_bytes")
 _MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition")
 KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
 
@@ -66,6 +67,9 @@ class KafkaClientOptions:
             common["ssl_context"] = context
         consumer = {k: options[k] for k in _CONSUMER if k in options}
         consumer.setdefault("max_poll_records", 500)
+        # Fetch at most 256 KiB per partition (aiokafka's default is 1 MiB): measured on a backlog of 60,000 orders,
+        # a whole mesh grew to 320-620 MB RSS with 1 MiB fetches and stayed at 107 MB with 256 KiB.
+        consumer.setdefault("max_partition_fetch_bytes", 256 * 1024)
         # A rebalance waits for each member's in-flight handlers (up to the revoke grace period): give members
         # time to rejoin after that instead of the session timeout aiokafka defaults to.
         consumer.setdefault("rebalance_timeout_ms", 60_000)

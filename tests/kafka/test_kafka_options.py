@@ -1,0 +1,18 @@
+"""How `[transport.kafka]` options reach the aiokafka clients: meshrun's defaults, and the user's overrides."""
+from __future__ import annotations
+
+from meshrun.config import KafkaTransportConfig
+from meshrun.transport.kafka_options import KafkaClientOptions
+
+
+def test_consumers_fetch_small_batches_by_default_and_the_config_can_change_that() -> None:
+    default = KafkaClientOptions.from_config(KafkaTransportConfig("127.0.0.1:9092", {}))
+    assert default.consumer["max_partition_fetch_bytes"] == 256 * 1024
+    assert default.consumer["max_poll_records"] == 500
+    assert default.max_unacked_per_partition == 256
+    tuned = KafkaClientOptions.from_config(KafkaTransportConfig("127.0.0.1:9092", {
+        "max_partition_fetch_bytes": 1 << 20, "fetch_max_bytes": 8 << 20, "max_unacked_per_partition": 32}))
+    assert tuned.consumer["max_partition_fetch_bytes"] == 1 << 20
+    assert tuned.consumer["fetch_max_bytes"] == 8 << 20
+    assert tuned.max_unacked_per_partition == 32
+    assert "max_partition_fetch_bytes" not in tuned.producer
