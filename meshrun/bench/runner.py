@@ -310,6 +310,19 @@ async def probe_tokens(config: MeshConfig, issuer: str, token: str, options: Ben
             await guard.close()
 
 
+async def _backlog_note(config: MeshConfig) -> str | None:
+    """A warning when the pipeline's consumer groups start behind: the run would measure that backlog too."""
+    groups = sorted({s.group for s in config.services.values() if s.group})
+    topics = [t for t in config.topics if not t.endswith(".dlq")]
+    backlog = await probes.group_backlog(config.kafka, groups, topics)
+    if not backlog:
+        return None
+    behind = ", ".join(f"{g} {n:,}" for g, n in sorted(backlog.items()))
+    return (f"consumer groups started behind ({behind} events): this run also handled that backlog, so its "
+            "throughput and CPU per order are not comparable; start from a fresh broker (scripts/kafka start "
+            "--fresh) or move the groups to the end (meshrun replay --group G --topic T --to latest)")
+
+
 async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, report_args: dict[str, Any],
                      progress: Progress) -> Report:
     host = config.host
@@ -325,6 +338,11 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
             if not await wait_port(bhost or host, int(bport), 5.0):
                 raise BenchError(f"no Kafka broker answers at {config.kafka.bootstrap_servers}: start one with "
                                  "`scripts/kafka start` (or set MESHRUN_KAFKA_BOOTSTRAP_SERVERS)")
+        if config.transport == "kafka" and not options.accept_only:
+            backlog_note = await _backlog_note(config)
+            if backlog_note:
+                say(f"warning: {backlog_note}")
+                report_args = {**report_args, "notes": [backlog_note]}
         if options.attach:
             say(f"attaching to the running mesh at {', '.join(sorted(urls.values()))}")
             await wait_ready([], list(urls.values()), time.perf_counter(), options.ready_timeout)
