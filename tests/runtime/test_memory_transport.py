@@ -57,103 +57,93 @@ async def test_a_slow_consumer_makes_publishers_wait_and_nothing_is_dropped():
     await transport.stop()
 
 
+class SteppedConsumer:
+    """One partition, and a group whose consumer handles one record per `step()`: the test decides when room frees."""
+
+    def __init__(self, transport: InMemoryTransport) -> None:
+        self.transport = transport
+        self.part = transport._topics["t"].partitions[0]
+        self.handled: list[bytes] = []
+        self._steps = asyncio.Semaphore(0)
+
+    @classmethod
+    async def start(cls, retention: int) -> "SteppedConsumer":
+        transport = InMemoryTransport(MemoryTransportConfig(retention=retention, publish_timeout=10.0))
+        await transport.start()
+        await transport.ensure_topics([TopicConfig("t", 1)])
+        stepped = cls(transport)
+        await transport.subscribe("t", "g", stepped._handle, retry=RETRY)
+        return stepped
+
+    async def _handle(self, record: Record) -> None:
+        await self._steps.acquire()
+        self.handled.append(record.value)
+
+    def step(self, records: int = 1) -> None:
+        for _ in range(records):
+            self._steps.release()
+
+    async def fill(self, records: int) -> None:
+        for i in range(records):
+            await self.transport.publish("t", b"first-%d" % i, key=b"k")
+
+    def publishers(self, count: int, finished: list[int]) -> list[asyncio.Task[None]]:
+        async def publish(i: int) -> None:
+            await self.transport.publish("t", b"waiting-%d" % i, key=b"k")
+            finished.append(i)
+
+        return [asyncio.create_task(publish(i)) for i in range(count)]
+
+
 async def test_waiting_publishers_go_on_first_come_first_served():
-    transport = InMemoryTransport(MemoryTransportConfig(retention=3, publish_timeout=10.0))
-    await transport.start()
-    await transport.ensure_topics([TopicConfig("t", 1)])
-    release = asyncio.Semaphore(0)
-    seen: list[bytes] = []
-
-    async def step(record: Record) -> None:
-        await release.acquire()
-        seen.append(record.value)
-
-    await transport.subscribe("t", "g", step, retry=RETRY)
-    for i in range(3):
-        await transport.publish("t", b"first-%d" % i, key=b"k")
+    stepped = await SteppedConsumer.start(retention=3)
+    await stepped.fill(3)
     finished: list[int] = []
-
-    async def publish(i: int) -> None:
-        await transport.publish("t", b"waiting-%d" % i, key=b"k")
-        finished.append(i)
-
-    waiting = [asyncio.create_task(publish(i)) for i in range(10)]
-    part = transport._topics["t"].partitions[0]
-    await eventually(lambda: len(part.space_waiters) == 10)
+    waiting = stepped.publishers(10, finished)
+    await eventually(lambda: len(stepped.part.space_waiters) == 10)
     waiting[4].cancel()  # a publisher that gives up leaves the queue without taking a turn
     await asyncio.gather(waiting[4], return_exceptions=True)
-    for _ in range(12):
-        release.release()
+    stepped.step(12)
     await asyncio.wait_for(asyncio.gather(*(t for i, t in enumerate(waiting) if i != 4)), 5)
     assert finished == [0, 1, 2, 3, 5, 6, 7, 8, 9]  # in the order they started waiting
-    await eventually(lambda: len(seen) == 12)
-    assert seen == [b"first-0", b"first-1", b"first-2"] + [b"waiting-%d" % i for i in finished]
-    assert len(part.records) <= 3 and not part.space_waiters
-    await transport.stop()
+    await eventually(lambda: len(stepped.handled) == 12)
+    assert stepped.handled == [b"first-0", b"first-1", b"first-2"] + [b"waiting-%d" % i for i in finished]
+    assert len(stepped.part.records) <= 3 and not stepped.part.space_waiters
+    await stepped.transport.stop()
 
 
 async def test_waiting_publishers_are_woken_once_a_batch_of_room_is_free():
-    transport = InMemoryTransport(MemoryTransportConfig(retention=64, publish_timeout=10.0))  # batches of 4
-    await transport.start()
-    await transport.ensure_topics([TopicConfig("t", 1)])
-    release = asyncio.Semaphore(0)
-    handled: list[int] = []
-
-    async def step(record: Record) -> None:
-        await release.acquire()
-        handled.append(record.offset)
-
-    await transport.subscribe("t", "g", step, retry=RETRY)
-    for i in range(64):
-        await transport.publish("t", b"x", key=b"k")
-    waiting = asyncio.create_task(transport.publish("t", b"last", key=b"k"))
-    part = transport._topics["t"].partitions[0]
-    await eventually(lambda: len(part.space_waiters) == 1)
-    for _ in range(3):
-        release.release()
-    await eventually(lambda: len(handled) == 3)
+    stepped = await SteppedConsumer.start(retention=64)  # batches of 4
+    await stepped.fill(64)
+    finished: list[int] = []
+    [waiting] = stepped.publishers(1, finished)
+    await eventually(lambda: len(stepped.part.space_waiters) == 1)
+    stepped.step(3)
+    await eventually(lambda: len(stepped.handled) == 3)
     for _ in range(10):
         await asyncio.sleep(0)
-    assert not waiting.done()  # 3 free slots: below the batch of 4
-    release.release()
+    assert not waiting.done()  # 3 free slots: below the batch of 4 (and well within the 50 ms it may wait)
+    stepped.step()
     await asyncio.wait_for(waiting, 5)
-    assert len(handled) == 4 and part.next_offset == 65
-    for _ in range(61):
-        release.release()
-    await eventually(lambda: len(handled) == 65)
-    await transport.stop()
+    assert len(stepped.handled) == 4 and stepped.part.next_offset == 65
+    stepped.step(61)
+    await eventually(lambda: len(stepped.handled) == 65)
+    await stepped.transport.stop()
 
 
 async def test_a_slow_consumer_frees_room_below_the_batch_and_its_publishers_still_go_on_soon():
     # 3 free slots are below the batch of 4 (retention 64), and the consumer stalls there: the waiting publishers
     # must still be woken, in order, well before the publish timeout.
-    transport = InMemoryTransport(MemoryTransportConfig(retention=64, publish_timeout=10.0))
-    await transport.start()
-    await transport.ensure_topics([TopicConfig("t", 1)])
-    release = asyncio.Semaphore(0)
-
-    async def step(record: Record) -> None:
-        await release.acquire()
-
-    await transport.subscribe("t", "g", step, retry=RETRY)
-    for _ in range(64):
-        await transport.publish("t", b"x", key=b"k")
+    stepped = await SteppedConsumer.start(retention=64)
+    await stepped.fill(64)
     finished: list[int] = []
-
-    async def publish(i: int) -> None:
-        await transport.publish("t", b"waiting-%d" % i, key=b"k")
-        finished.append(i)
-
-    waiting = [asyncio.create_task(publish(i)) for i in range(3)]
-    part = transport._topics["t"].partitions[0]
-    await eventually(lambda: len(part.space_waiters) == 3)
-    for _ in range(3):
-        release.release()
+    waiting = stepped.publishers(3, finished)
+    await eventually(lambda: len(stepped.part.space_waiters) == 3)
+    stepped.step(3)
     await asyncio.wait_for(asyncio.gather(*waiting), 2)  # far below the 10 s timeout
     assert finished == [0, 1, 2]
-    for _ in range(64):
-        release.release()
-    await transport.stop()
+    stepped.step(64)
+    await stepped.transport.stop()
 
 
 async def test_a_publisher_that_timed_out_takes_free_room_before_younger_waiters():
