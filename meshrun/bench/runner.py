@@ -314,7 +314,11 @@ async def _backlog_note(config: MeshConfig) -> str | None:
     """A warning when the pipeline's consumer groups start behind: the run would measure that backlog too."""
     groups = sorted({s.group for s in config.services.values() if s.group})
     topics = [t for t in config.topics if not t.endswith(".dlq")]
-    backlog = await probes.group_backlog(config.kafka, groups, topics)
+    try:
+        backlog = await probes.group_backlog(config.kafka, groups, topics)
+    except Exception as exc:  # noqa: BLE001 - a check, not the measurement: a fresh broker may not answer it yet
+        say(f"could not check the consumer groups' lag before the run ({type(exc).__name__}: {exc})")
+        return None
     if not backlog:
         return None
     behind = ", ".join(f"{g} {n:,}" for g, n in sorted(backlog.items()))
