@@ -87,8 +87,12 @@ def flush_logs() -> None:
 atexit.register(flush_logs)
 
 
+_level = [logging.INFO]  # the configured level, for mesh_logger
+
+
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
     """Configure structlog for this process: `console` (default) or `json` (one object per line on stdout)."""
+    _level[0] = LEVELS[level]
     shared: list[Any] = [structlog.processors.add_log_level, _UtcTimestamp()]
     if log_format == "json":
         processors: list[Any] = [_JsonLine()]
@@ -109,6 +113,16 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     )
     # Libraries that log through the standard library (aiohttp, aiokafka) print warnings and errors only.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def mesh_logger() -> Any:
+    """The runtime's own logger: its lifecycle lines (mesh_ready, mesh_stopping, mesh_stopped) are written at INFO
+    even when the log level is higher, since tools and operators wait for them; everything else follows the level."""
+    level = min(_level[0], logging.INFO)
+    log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(level))
+    worker = os.environ.get("MESHRUN_WORKER")
+    log = log.bind(service="mesh")
+    return log.bind(worker=int(worker)) if worker else log
 
 
 def service_logger(service: str) -> Any:

@@ -21,7 +21,7 @@ from meshrun.context import EventContext, ServiceContext
 from meshrun.errors import PortInUse
 from meshrun.events import Event, EventDecodeError, decode
 from meshrun.http.server import create_app
-from meshrun.logs import flush_logs, service_logger
+from meshrun.logs import flush_logs, mesh_logger, service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import Subscriber
 from meshrun.transport import create_transport
@@ -146,7 +146,7 @@ class Mesh:
         self.transport = transport or create_transport(config)
         self.services: dict[str, RunningService] = {}
         self.decoded = DecodedEvents()
-        self.log = service_logger("mesh")
+        self.log = mesh_logger()
         self.started_at = 0.0
         self._transport_started = False
         self._admin: web.AppRunner | None = None

@@ -48,3 +48,26 @@ async def test_one_grep_of_the_trace_id_follows_an_order_through_every_service(t
         assert notified["message"] == (f"📩 User notified with invoice {notified['invoice_id']} for order "
                                        f"{order_id}")
     assert events[-1]["event"] == "mesh_stopped"
+
+
+async def test_at_warning_level_the_trail_is_off_but_the_lifecycle_lines_stay(tmp_path, ports):
+    # Tools (meshrun bench, scripts) wait for mesh_ready: it must come whatever the log level.
+    config = write_toml(tmp_path / "services.toml", pipeline_data(tmp_path, ports))
+    mesh = MeshProcess(config, ",".join(["auth", *TRAIL]), tmp_path, name="quiet",
+                       extra=("--log-level", "warning")).start()
+    try:
+        await mesh.wait_ready(30)
+        token = await user_token(f"http://127.0.0.1:{ports['auth']}")
+        async with aiohttp.ClientSession() as http:
+            assert (await post_order(http, f"http://127.0.0.1:{ports['orders']}", "quiet-1", token))[0] == 202
+            await eventually(lambda: _notified(http, ports), what="the order's notification")
+    finally:
+        assert mesh.stop() == 0
+    events = [e["event"] for e in mesh.events()]
+    assert events[0] == "mesh_ready" and events[-2:] == ["mesh_stopping", "mesh_stopped"]
+    assert not set(events) & set(TRAIL.values())
+
+
+async def _notified(http: aiohttp.ClientSession, ports) -> bool:
+    listing = await get_json(http, f"http://127.0.0.1:{ports['users']}/notifications")
+    return listing["count"] == 1
