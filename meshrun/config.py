@@ -39,6 +39,10 @@ KAFKA_OPTIONS: dict[str, type] = {
 }
 
 
+# Kafka: records fetched ahead of a partition's handler before it stops fetching (`max_in_flight_per_partition`).
+MAX_BUFFERED_PER_PARTITION = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class TopicConfig:
     name: str

@@ -119,15 +119,16 @@ def mesh_logger() -> Any:
     """The runtime's own logger: its lifecycle lines (mesh_ready, mesh_stopping, mesh_stopped) are written at INFO
     even when the log level is higher, since tools and operators wait for them; everything else follows the level."""
     level = min(_level[0], logging.INFO)
-    log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(level))
-    worker = os.environ.get("MESHRUN_WORKER")
-    log = log.bind(service="mesh")
-    return log.bind(worker=int(worker)) if worker else log
+    return _named(structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(level)), "mesh")
 
 
 def service_logger(service: str) -> Any:
     """The logger of one service: every line it writes carries the service name (and the worker number of
     `meshrun up --workers N`)."""
+    return _named(structlog.get_logger("meshrun"), service)
+
+
+def _named(log: Any, service: str) -> Any:
     worker = os.environ.get("MESHRUN_WORKER")
-    log = structlog.get_logger("meshrun").bind(service=service)
+    log = log.bind(service=service)
     return log.bind(worker=int(worker)) if worker else log

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from meshrun.config import MeshConfig, TopicConfig
+from meshrun.config import MAX_BUFFERED_PER_PARTITION, MeshConfig, TopicConfig
 from meshrun.context import EventContext, ServiceContext
 from meshrun.errors import PortInUse
 from meshrun.events import Event, EventDecodeError, decode
@@ -84,24 +84,21 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: Dec
     base_log = ctx.log
 
     async def handle(record: Record) -> Acks | None:
+        payload: Any
         if event_type is None:
             event_id = record.header("meshrun-event-id")
             trace_id = record.header("meshrun-trace-id")
+            payload = record
             log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
                                 event_id=event_id.decode() if event_id else None,
                                 trace_id=trace_id.decode() if trace_id else None)
-            event_ctx = EventContext(ctx, record, log)
-            try:
-                await handler(record, event_ctx)
-            finally:
-                event_ctx.finished = True
-            return event_ctx.acks
-        event = decoded.decode(record, event_type)
-        log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
-                            event_id=event.event_id, trace_id=event.trace_id)
+        else:
+            payload = decoded.decode(record, event_type)
+            log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
+                                event_id=payload.event_id, trace_id=payload.trace_id)
         event_ctx = EventContext(ctx, record, log)
         try:
-            await handler(event, event_ctx)
+            await handler(payload, event_ctx)
         finally:
             event_ctx.finished = True
         return event_ctx.acks  # the transport commits this record once they resolve
@@ -185,7 +182,7 @@ class Mesh:
         if self.transport.name == "memory":
             spread = self.config.memory.retention
         else:
-            spread = int(self.config.kafka.options.get("max_in_flight_per_partition", 1000))
+            spread = int(self.config.kafka.options.get("max_in_flight_per_partition", MAX_BUFFERED_PER_PARTITION))
         return max(4096, sum(self.config.topics[t].partitions for t in shared) * spread * 5 // 4)
 
     async def start(self) -> None:

@@ -5,10 +5,11 @@ mesh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import orjson
@@ -137,34 +138,40 @@ def child_pids(pid: int) -> list[int]:
     return sorted(children)
 
 
+@contextlib.asynccontextmanager
+async def _kafka_admin(kafka: KafkaTransportConfig) -> AsyncIterator[Any]:
+    """meshrun's own admin client on the configured cluster, closed afterwards."""
+    from meshrun.transport.kafka_admin import KafkaAdmin
+    from meshrun.transport.kafka_options import KafkaClientOptions
+
+    admin = KafkaAdmin(KafkaClientOptions.from_config(kafka))
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def topic_end_offset(kafka: KafkaTransportConfig, topic: str) -> int:
     """The sum of a topic's log end offsets over its partitions: how many records the broker ever appended to it.
 
     Asked with meshrun's own admin client rather than `Transport.describe`, which reports log ends only for the
     groups that committed on the topic (none may have: nothing consumes it while the Order service runs alone).
     """
-    from meshrun.transport.kafka_admin import KafkaAdmin, partitions_of
-    from meshrun.transport.kafka_options import KafkaClientOptions
+    from meshrun.transport.kafka_admin import partitions_of
 
-    admin = KafkaAdmin(KafkaClientOptions.from_config(kafka))
-    await admin.start()
-    try:
+    async with _kafka_admin(kafka) as admin:
         count = await admin.partition_count(topic)
         _, ends = await admin.log_offsets(partitions_of(topic, count))
         return sum(ends.values())
-    finally:
-        await admin.close()
 
 
 async def group_backlog(kafka: KafkaTransportConfig, groups: list[str], topics: list[str]) -> dict[str, int]:
     """Events each consumer group has yet to handle on these topics: a backlog left by an earlier run (say of
     --accept-only) that this run would measure too. Partitions a group never committed on count as caught up."""
-    from meshrun.transport.kafka_admin import KafkaAdmin, partitions_of
-    from meshrun.transport.kafka_options import KafkaClientOptions
+    from meshrun.transport.kafka_admin import partitions_of
 
-    admin = KafkaAdmin(KafkaClientOptions.from_config(kafka))
-    await admin.start()
-    try:
+    async with _kafka_admin(kafka) as admin:
         counts = {t: c for t, c in (await admin.partition_counts(topics)).items() if c}
         _, ends = await admin.log_offsets([tp for t, c in counts.items() for tp in partitions_of(t, c)])
         backlog: dict[str, int] = {}
@@ -174,8 +181,6 @@ async def group_backlog(kafka: KafkaTransportConfig, groups: list[str], topics: 
             if lag > 0:
                 backlog[group] = lag
         return backlog
-    finally:
-        await admin.close()
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:

@@ -16,7 +16,7 @@ import structlog
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 
-from meshrun.config import KafkaTransportConfig
+from meshrun.config import MAX_BUFFERED_PER_PARTITION, KafkaTransportConfig
 from meshrun.errors import BrokerUnavailable, MeshrunError
 
 log = structlog.get_logger("meshrun.transport.kafka")
@@ -80,7 +80,7 @@ class KafkaClientOptions:
             producer={"linger_ms": options.get("linger_ms", 0)},
             consumer=consumer,
             commit_interval=int(options.get("commit_interval_ms", 100)) / 1000,
-            max_buffered_per_partition=int(options.get("max_in_flight_per_partition", 1000)),
+            max_buffered_per_partition=int(options.get("max_in_flight_per_partition", MAX_BUFFERED_PER_PARTITION)),
             max_unacked_per_partition=max(1, int(options.get("max_unacked_per_partition", 256))),
             revoke_grace_period=consumer["rebalance_timeout_ms"] / 2000,
         )
