@@ -1,8 +1,8 @@
 """meshrun: one asyncio runtime for event-driven services, on an in-memory transport or on Kafka."""
-from meshrun.context import EventContext, ServiceContext
+from meshrun.context import BatchContext, EventContext, ServiceContext
 from meshrun.events import Event
 from meshrun.service import Service
 from meshrun.transport.delivery import PoisonEvent, RetryLater
 
-__all__ = ["Event", "EventContext", "PoisonEvent", "RetryLater", "Service", "ServiceContext"]
+__all__ = ["BatchContext", "Event", "EventContext", "PoisonEvent", "RetryLater", "Service", "ServiceContext"]
 __version__ = "0.1.0"

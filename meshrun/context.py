@@ -5,7 +5,7 @@ Built by the runtime for each service; services never construct transports or se
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import aiohttp
 
@@ -122,3 +122,24 @@ class EventContext:
         else:
             self.acks.append(ack)
         return None
+
+
+class BatchContext(EventContext):
+    """The records of a batch handler's list of events (`service.subscribe(..., batch=N)`), in the list's order.
+
+    `log` is bound with the topic, the partition and the range of offsets; `log_for(i)` with the topic, partition,
+    offset, event id and trace id of the i-th event, as an EventContext's log. `publish` works as in an
+    EventContext: the batch is committed once everything published while handling it is durable.
+    """
+
+    __slots__ = ("records", "_bind")
+
+    def __init__(self, service: ServiceContext, records: Sequence[Record], log: Any,
+                 bind: Callable[[int], Any]) -> None:
+        super().__init__(service, records[-1], log)
+        self.records = records
+        self._bind = bind
+
+    def log_for(self, index: int) -> Any:
+        """A logger bound with where the index-th event of the batch came from, and its event and trace ids."""
+        return self._bind(index)

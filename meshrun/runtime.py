@@ -12,12 +12,12 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
 from meshrun.config import MAX_BUFFERED_PER_PARTITION, MeshConfig, TopicConfig
-from meshrun.context import EventContext, ServiceContext
+from meshrun.context import BatchContext, EventContext, ServiceContext
 from meshrun.errors import PortInUse
 from meshrun.events import Event, EventDecodeError, decode
 from meshrun.http.server import create_app
@@ -25,7 +25,7 @@ from meshrun.logs import flush_logs, mesh_logger, service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import Subscriber
 from meshrun.transport import create_transport
-from meshrun.transport.base import Acks, Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
+from meshrun.transport.base import Acks, BatchHandler, Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 
 
@@ -77,6 +77,25 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(50_000, second, third)
 
 
+def _payload(record: Record, event_type: type[Event] | None, decoded: DecodedEvents) -> Any:
+    """What a handler receives: the decoded event, or the raw record for a subscriber without an event type."""
+    return record if event_type is None else decoded.decode(record, event_type)
+
+
+def _bound_log(base_log: Any, record: Record, payload: Any) -> Any:
+    """A logger bound with where a record came from, and its event and trace ids."""
+    if isinstance(payload, Event):
+        event_id: str | None = payload.event_id
+        trace_id: str | None = payload.trace_id
+    else:
+        raw_event_id = record.header("meshrun-event-id")
+        raw_trace_id = record.header("meshrun-trace-id")
+        event_id = raw_event_id.decode() if raw_event_id else None
+        trace_id = raw_trace_id.decode() if raw_trace_id else None
+    return base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset, event_id=event_id,
+                         trace_id=trace_id)
+
+
 def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> Handler:
     """Adapt a service's handler to the transport: decode once, bind the log context, pass an EventContext."""
     handler = subscriber.handler
@@ -84,24 +103,35 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: Dec
     base_log = ctx.log
 
     async def handle(record: Record) -> Acks | None:
-        payload: Any
-        if event_type is None:
-            event_id = record.header("meshrun-event-id")
-            trace_id = record.header("meshrun-trace-id")
-            payload = record
-            log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
-                                event_id=event_id.decode() if event_id else None,
-                                trace_id=trace_id.decode() if trace_id else None)
-        else:
-            payload = decoded.decode(record, event_type)
-            log = base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset,
-                                event_id=payload.event_id, trace_id=payload.trace_id)
-        event_ctx = EventContext(ctx, record, log)
+        payload = _payload(record, event_type, decoded)
+        event_ctx = EventContext(ctx, record, _bound_log(base_log, record, payload))
         try:
             await handler(payload, event_ctx)
         finally:
             event_ctx.finished = True
         return event_ctx.acks  # the transport commits this record once they resolve
+
+    return handle
+
+
+def batch_event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> BatchHandler:
+    """`event_handler` for a handler of lists of events: decode each, pass the list and one BatchContext. A record
+    that does not decode fails the batch, and the transport hands its records over one at a time."""
+    handler = subscriber.handler
+    event_type = subscriber.event
+    base_log = ctx.log
+
+    async def handle(records: Sequence[Record]) -> Acks | None:
+        payloads = [_payload(record, event_type, decoded) for record in records]
+        first, last = records[0], records[-1]
+        log = base_log.bind(topic=first.topic, partition=first.partition,
+                            offsets=f"{first.offset}-{last.offset}", events=len(records))
+        batch_ctx = BatchContext(ctx, records, log, lambda i: _bound_log(base_log, records[i], payloads[i]))
+        try:
+            await handler(payloads, batch_ctx)
+        finally:
+            batch_ctx.finished = True
+        return batch_ctx.acks
 
     return handle
 
@@ -252,12 +282,16 @@ class Mesh:
         for subscriber in ls.service.subscribers:
             if topic is not None and subscriber.topic != topic:
                 continue
-            handler = event_handler(subscriber, running.ctx, self.decoded)
+            handler: Handler | BatchHandler
+            if subscriber.batch > 1:
+                handler = batch_event_handler(subscriber, running.ctx, self.decoded)
+            else:
+                handler = event_handler(subscriber, running.ctx, self.decoded)
             for replica in range(ls.config.replicas):
                 sub = await self.transport.subscribe(
                     subscriber.topic, ls.config.group or ls.name, handler, retry=ls.config.retry,
                     start_from=ls.config.start_from,  # type: ignore[arg-type]
-                    member=f"{ls.name}-{replica + 1}",
+                    member=f"{ls.name}-{replica + 1}", max_batch=subscriber.batch,
                 )
                 running.subscriptions.append(sub)
 

@@ -9,6 +9,9 @@ A declaration only records what the service offers; `meshrun.runtime` decides wh
 
     @service.subscribe("greetings", event=Greeted)
     async def on_greeted(event: Greeted, ctx: EventContext) -> None: ...
+
+    @service.subscribe("greetings", event=Greeted, batch=100)
+    async def on_greetings(events: list[Greeted], ctx: BatchContext) -> None: ...
 """
 from __future__ import annotations
 
@@ -17,13 +20,17 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, TypeVar
 
 from aiohttp import web
 
+from meshrun.transport.delivery import check_max_batch
+
 if TYPE_CHECKING:
-    from meshrun.context import EventContext, ServiceContext
+    from meshrun.context import BatchContext, EventContext, ServiceContext
     from meshrun.events import Event
 
 E = TypeVar("E")
+H = TypeVar("H", bound=Callable[..., Awaitable[None]])
 RouteHandler = Callable[[web.Request, "ServiceContext"], Awaitable[web.StreamResponse]]
 EventHandler = Callable[[Any, "EventContext"], Awaitable[None]]
+BatchEventHandler = Callable[[list[Any], "BatchContext"], Awaitable[None]]
 Hook = Callable[["ServiceContext"], Awaitable[None]]
 ReadyCheck = Callable[["ServiceContext"], Awaitable[str | None]]
 SettingsParser = Callable[[dict[str, Any], str], Any]
@@ -41,8 +48,9 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Subscriber(Generic[E]):
     topic: str
-    handler: EventHandler
+    handler: EventHandler | BatchEventHandler
     event: "type[Event] | None"  # None: the handler receives the raw Record
+    batch: int = 1  # above 1: the handler receives a list of up to this many events
 
 
 @dataclass
@@ -70,15 +78,22 @@ class Service:
 
         return register
 
-    def subscribe(self, topic: str, *, event: "type[Event] | None" = None) -> Callable[[EventHandler], EventHandler]:
+    def subscribe(self, topic: str, *, event: "type[Event] | None" = None, batch: int = 1) -> Callable[[H], H]:
         """Register a handler for every record of `topic` reaching this service's consumer group.
 
         With `event=SomeEvent` the handler receives the decoded event; a record that does not decode goes to the
         dead-letter topic. Raise `RetryLater` for a transient failure (retried until it succeeds).
-        """
 
-        def register(handler: EventHandler) -> EventHandler:
-            self.subscribers.append(Subscriber(topic, handler, event))
+        With `batch=N` (N > 1) the handler receives a list of up to N events of one partition, in order, and a
+        BatchContext: whatever is waiting when it is free, never waiting for a list to fill, so one event at a
+        time when traffic is light. If it raises, each event of the list is handed to it again alone (a list of
+        one) under the retry policy: a bad event is dead-lettered alone and the others may be handled twice, so
+        the handler must be idempotent per event, as every handler must for redeliveries.
+        """
+        check_max_batch(batch)
+
+        def register(handler: H) -> H:
+            self.subscribers.append(Subscriber(topic, handler, event, batch))
             return handler
 
         return register

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from meshrun import EventContext, Service, ServiceContext
+from meshrun import BatchContext, Service, ServiceContext
 from meshrun.http.server import json_response
 from meshrun.services.events import ORDER_EVENTS, OrderPlaced
 
@@ -35,11 +35,12 @@ async def create_figures(ctx: ServiceContext) -> None:
     ctx.state["figures"] = OrderFigures()
 
 
-@service.subscribe(ORDER_EVENTS, event=OrderPlaced)
-async def count_order(order: OrderPlaced, ctx: EventContext) -> None:
+@service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
+async def count_orders(orders: list[OrderPlaced], ctx: BatchContext) -> None:
     figures: OrderFigures = ctx.service.state["figures"]
-    figures.add(order)
-    ctx.log.info("order_counted", order_id=order.order_id, orders=figures.orders)
+    for i, order in enumerate(orders):
+        figures.add(order)
+        ctx.log_for(i).info("order_counted", order_id=order.order_id, orders=figures.orders)
 
 
 @service.route("GET", "/analytics")

@@ -9,7 +9,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from meshrun import EventContext, Service
+from meshrun import BatchContext, Service
 from meshrun.services.events import INVOICE_EVENTS, ORDER_EVENTS, InvoiceIssued, InvoiceLine, OrderPlaced
 from meshrun.settings import settings_from
 
@@ -56,20 +56,22 @@ service = Service("billing", settings=settings_from(BillingSettings))
 service.publisher(INVOICE_EVENTS)
 
 
-@service.subscribe(ORDER_EVENTS, event=OrderPlaced)
-async def on_order_placed(order: OrderPlaced, ctx: EventContext) -> None:
+@service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
+async def on_orders_placed(orders: list[OrderPlaced], ctx: BatchContext) -> None:
     settings: BillingSettings = ctx.service.settings
     seen: OrderedDict[str, str] = ctx.service.state.setdefault("invoiced", OrderedDict())
-    if order.order_id in seen and seen[order.order_id] != order.event_id:
-        # The same order placed twice (a repost that reached us): one invoice per order.
-        ctx.log.info("invoice_already_issued", order_id=order.order_id, invoice_id=invoice_id_for(order.order_id))
-        return
-    invoice = compute_invoice(order, settings.tax_rate_bp)
-    # Published even when this event was seen (a redelivery after a failure): the id is the same, and the
-    # User service's idempotency key makes the notification happen once.
-    await ctx.publish(INVOICE_EVENTS, invoice, key=order.order_id)
-    seen[order.order_id] = order.event_id
-    if len(seen) > settings.remember_orders:
-        seen.popitem(last=False)
-    ctx.log.info("invoice_issued", invoice_id=invoice.invoice_id, order_id=order.order_id, total=invoice.total,
+    for i, order in enumerate(orders):
+        log = ctx.log_for(i)
+        if order.order_id in seen and seen[order.order_id] != order.event_id:
+            # The same order placed twice (a repost that reached us): one invoice per order.
+            log.info("invoice_already_issued", order_id=order.order_id, invoice_id=invoice_id_for(order.order_id))
+            continue
+        invoice = compute_invoice(order, settings.tax_rate_bp)
+        # Published even when this event was seen (a redelivery after a failure): the id is the same, and the
+        # User service's idempotency key makes the notification happen once.
+        await ctx.publish(INVOICE_EVENTS, invoice, key=order.order_id)
+        seen[order.order_id] = order.event_id
+        if len(seen) > settings.remember_orders:
+            seen.popitem(last=False)
+        log.info("invoice_issued", invoice_id=invoice.invoice_id, order_id=order.order_id, total=invoice.total,
                  currency=invoice.currency)

@@ -1,16 +1,17 @@
 """Inventory: reserves stock for every placed order (here: logs the reservation per line item)."""
 from __future__ import annotations
 
-from meshrun import EventContext, Service
+from meshrun import BatchContext, Service
 from meshrun.services.events import ORDER_EVENTS, OrderPlaced
 
 service = Service("inventory")
 
 
-@service.subscribe(ORDER_EVENTS, event=OrderPlaced)
-async def reserve_stock(order: OrderPlaced, ctx: EventContext) -> None:
+@service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
+async def reserve_stock(orders: list[OrderPlaced], ctx: BatchContext) -> None:
     reserved = ctx.service.state.setdefault("reserved", {})
-    for item in order.items:
-        reserved[item.sku] = reserved.get(item.sku, 0) + item.quantity
-    ctx.log.info("inventory_reserved", order_id=order.order_id,
-                 items={item.sku: item.quantity for item in order.items})
+    for i, order in enumerate(orders):
+        for item in order.items:
+            reserved[item.sku] = reserved.get(item.sku, 0) + item.quantity
+        ctx.log_for(i).info("inventory_reserved", order_id=order.order_id,
+                            items={item.sku: item.quantity for item in order.items})

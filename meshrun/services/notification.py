@@ -1,7 +1,9 @@
 """Notification: for every InvoiceIssued, POST /notify-user on the User service with a machine token.
 
-Transient failures (connection refused, 5xx, 429) raise RetryLater, so the event waits uncommitted until the
-User service is back; the Idempotency-Key (the invoice id) makes a retried call a single notification.
+Invoices that queue up while a call is in flight go together in one POST /notify-users (at most NOTIFY_BATCH):
+one HTTP round trip and one token check for many notifications. Transient failures (connection refused, 5xx, 429)
+raise RetryLater, so the events wait uncommitted until the User service is back; the idempotency key (the invoice
+id) makes a retried call a single notification.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from meshrun import EventContext, RetryLater, Service, ServiceContext
+from meshrun import BatchContext, RetryLater, Service, ServiceContext
 from meshrun.auth.token_source import ClientCredentialsTokenSource
 from meshrun.errors import TokenRequestFailed
 from meshrun.http.server import json_response
@@ -20,6 +22,7 @@ from meshrun.services.events import INVOICE_EVENTS, InvoiceIssued
 from meshrun.settings import settings_from
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+NOTIFY_BATCH = 100  # invoices per POST /notify-users at most; the User service takes up to 500
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ async def create_token_source(ctx: ServiceContext) -> None:
         token_url=s.token_url or f"{ctx.issuer}/oauth2/token", client_id=s.client_id, client_secret=secret,
         scope=s.scope, session=lambda: ctx.http, resource=s.audience,
     )
-    ctx.state["notify_url"] = f"{(s.users_url or ctx.url_of('users')).rstrip('/')}/notify-user"
+    users_url = (s.users_url or ctx.url_of("users")).rstrip("/")
+    ctx.state["notify_url"] = f"{users_url}/notify-user"
+    ctx.state["notify_batch_url"] = f"{users_url}/notify-users"
+    ctx.state["batch_endpoint"] = True  # until the User service answers 404 to it (a version without it)
 
 
 @service.route("GET", "/stats")
@@ -58,24 +64,22 @@ async def stats(request: web.Request, ctx: ServiceContext) -> web.Response:
     return json_response({"sent": ctx.state.get("sent", 0), "tokens_fetched": tokens.fetched})
 
 
-async def _post(ctx: ServiceContext, url: str, token: str, body: bytes, invoice: InvoiceIssued) -> int:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-               "Idempotency-Key": invoice.invoice_id, "X-Trace-Id": invoice.trace_id}
+async def _post(ctx: ServiceContext, url: str, token: str, body: bytes,
+                headers: dict[str, str]) -> tuple[int, bytes]:
     try:
-        async with ctx.http.post(url, data=body, headers=headers) as response:
-            if response.status >= 400:
-                await response.read()
-            return response.status
+        async with ctx.http.post(url, data=body, headers={"Authorization": f"Bearer {token}",
+                                                           "Content-Type": "application/json", **headers}) as response:
+            return response.status, await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RetryLater(f"User service unreachable at {url}: {type(exc).__name__}: {exc}") from exc
 
 
-@service.subscribe(INVOICE_EVENTS, event=InvoiceIssued)
-async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
-    tokens: ClientCredentialsTokenSource = ctx.service.state["tokens"]
-    url: str = ctx.service.state["notify_url"]
-    body = orjson.dumps({"invoice_id": invoice.invoice_id, "order_id": invoice.order_id, "user": invoice.customer,
-                         "total": invoice.total, "currency": invoice.currency, "trace_id": invoice.trace_id})
+async def _call_users(ctx: ServiceContext, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST to the User service with a machine token; the status and body of a success (or of a 404).
+
+    Raises RetryLater for what waits (the authorization server or the User service unreachable or failing, the
+    token refused) and NotifyRejected for a refusal a retry will not fix."""
+    tokens: ClientCredentialsTokenSource = ctx.state["tokens"]
     try:
         token = await tokens.token()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -84,11 +88,11 @@ async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
         # Refused (a wrong secret or scope) or failing (5xx): either way the event waits, uncommitted, for the
         # authorization server or its configuration to be fixed, rather than being dead-lettered.
         raise RetryLater(f"no machine token for {tokens.client_id}: {exc}") from exc
-    status = await _post(ctx.service, url, token, body, invoice)
+    status, answer = await _post(ctx, url, token, body, headers)
     if status == 401:  # the token may have been signed with a key the User service no longer trusts
         tokens.invalidate(token)
         try:
-            status = await _post(ctx.service, url, await tokens.token(), body, invoice)
+            status, answer = await _post(ctx, url, await tokens.token(), body, headers)
         except (aiohttp.ClientError, TimeoutError, TokenRequestFailed) as exc:
             raise RetryLater(f"no fresh machine token for {tokens.client_id}: {exc}") from exc
     if status in TRANSIENT_STATUS:
@@ -97,8 +101,54 @@ async def notify_user(invoice: InvoiceIssued, ctx: EventContext) -> None:
         # A configuration problem (client, scope, audience or keys): wait for the fix rather than drop the event.
         raise RetryLater(f"User service refused the machine token ({status}): check the notification client's "
                          "scope and audience in services.toml")
-    if status >= 400:
-        raise NotifyRejected(f"User service refused the notification of invoice {invoice.invoice_id}: {status}")
-    ctx.service.state["sent"] = ctx.service.state.get("sent", 0) + 1
-    ctx.log.info("notification_sent", invoice_id=invoice.invoice_id, order_id=invoice.order_id,
-                 user=invoice.customer, duplicate=status == 200)
+    if status >= 400 and status != 404:
+        raise NotifyRejected(f"User service refused the notification: {status} {answer[:300]!r}")
+    return status, answer
+
+
+def _notification(invoice: InvoiceIssued) -> dict[str, object]:
+    return {"invoice_id": invoice.invoice_id, "order_id": invoice.order_id, "user": invoice.customer,
+            "total": invoice.total, "currency": invoice.currency, "trace_id": invoice.trace_id}
+
+
+async def _notify_one(ctx: ServiceContext, invoice: InvoiceIssued) -> bool:
+    """POST /notify-user; True if the User service had recorded this invoice already."""
+    status, _ = await _call_users(ctx, ctx.state["notify_url"], orjson.dumps(_notification(invoice)),
+                                  {"Idempotency-Key": invoice.invoice_id, "X-Trace-Id": invoice.trace_id})
+    if status == 404:
+        raise NotifyRejected(f"User service refused the notification of invoice {invoice.invoice_id}: 404")
+    return status == 200
+
+
+async def _notify_many(ctx: ServiceContext, invoices: list[InvoiceIssued]) -> list[bool] | None:
+    """POST /notify-users; for each invoice, True if it was recorded already. None if the User service has no such
+    endpoint (an older version): it is then not asked again, and notifications go one per request."""
+    body = orjson.dumps({"notifications": [_notification(invoice) for invoice in invoices]})
+    status, answer = await _call_users(ctx, ctx.state["notify_batch_url"], body, {})
+    if status == 404:
+        ctx.state["batch_endpoint"] = False
+        ctx.log.warning("notify_batch_endpoint_missing", url=ctx.state["notify_batch_url"],
+                        fallback="one POST /notify-user per invoice")
+        return None
+    try:
+        results = orjson.loads(answer)["results"]
+        if len(results) != len(invoices):
+            raise ValueError(f"{len(results)} results for {len(invoices)} notifications")
+        return [result["status"] == "duplicate" for result in results]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        # Recorded or not, we cannot tell: retried, and the idempotency keys keep that to one notification each.
+        raise RetryLater(f"User service answered POST /notify-users with an unexpected body: {exc!r}") from exc
+
+
+@service.subscribe(INVOICE_EVENTS, event=InvoiceIssued, batch=NOTIFY_BATCH)
+async def notify_users(invoices: list[InvoiceIssued], ctx: BatchContext) -> None:
+    service_ctx = ctx.service
+    duplicates = None
+    if len(invoices) > 1 and service_ctx.state["batch_endpoint"]:
+        duplicates = await _notify_many(service_ctx, invoices)
+    if duplicates is None:
+        duplicates = [await _notify_one(service_ctx, invoice) for invoice in invoices]
+    service_ctx.state["sent"] = service_ctx.state.get("sent", 0) + len(invoices)
+    for i, (invoice, duplicate) in enumerate(zip(invoices, duplicates, strict=True)):
+        ctx.log_for(i).info("notification_sent", invoice_id=invoice.invoice_id, order_id=invoice.order_id,
+                            user=invoice.customer, duplicate=duplicate)

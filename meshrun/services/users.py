@@ -1,6 +1,7 @@
-"""The User service: POST /notify-user with a machine token (scope users.notify) records a notification once.
+"""The User service: POST /notify-user with a machine token (scope users.notify) records a notification once;
+POST /notify-users records a list of them in one request (what Notification sends when invoices queue up).
 
-The Idempotency-Key header (the invoice id) makes a retried call a no-op. Notifications are kept in memory, bounded:
+The Idempotency-Key header (the invoice id; in a list, each notification's invoice id) makes a retried call a no-op. Notifications are kept in memory, bounded:
 the last `keep_notifications` in full (GET /notifications lists them; an operator endpoint on the mesh host), and
 the idempotency keys and order ids of the last `remember_notifications`.
 """
@@ -23,6 +24,7 @@ from meshrun.settings import settings_from
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 FIELDS = {"invoice_id": str, "order_id": str, "user": str, "total": int, "currency": str, "trace_id": str}
 REQUIRED = ("invoice_id", "order_id", "user")
+MAX_NOTIFICATIONS_PER_REQUEST = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +46,52 @@ class NotificationRejected(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def parse_notification(body: bytes) -> dict[str, object]:
+def _json_body(body: bytes) -> object:
     try:
-        data = orjson.loads(body or b"null")
+        return orjson.loads(body or b"null")
     except orjson.JSONDecodeError as exc:
         raise NotificationRejected("body", f"not valid JSON ({exc})") from None
+
+
+def _checked(data: object, where: str = "") -> dict[str, object]:
+    """One notification's fields, checked; `where` prefixes the field named in an error (`notifications[3].`)."""
     if not isinstance(data, dict):
-        raise NotificationRejected("body", "must be a JSON object")
+        raise NotificationRejected(where.rstrip(".") or "body", "must be a JSON object")
     for key, value in data.items():
         kind = FIELDS.get(key)
         if kind is None:
-            raise NotificationRejected(key, f"unknown field (expected {', '.join(FIELDS)})")
+            raise NotificationRejected(where + key, f"unknown field (expected {', '.join(FIELDS)})")
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise NotificationRejected(key, f"must be a {kind.__name__}")
+            raise NotificationRejected(where + key, f"must be a {kind.__name__}")
     for key in REQUIRED:
         if key not in data:
-            raise NotificationRejected(key, "missing")
+            raise NotificationRejected(where + key, "missing")
         if not ID.match(str(data[key])):
-            raise NotificationRejected(key, "must be 1-128 characters of letters, digits, '.', ':', '-' or '_'")
+            raise NotificationRejected(where + key,
+                                       "must be 1-128 characters of letters, digits, '.', ':', '-' or '_'")
     return data
+
+
+def parse_notification(body: bytes) -> dict[str, object]:
+    return _checked(_json_body(body))
+
+
+def parse_notifications(body: bytes) -> list[dict[str, object]]:
+    """The body of POST /notify-users: {"notifications": [...]}, 1 to MAX_NOTIFICATIONS_PER_REQUEST of them, all
+    checked before any is recorded."""
+    data = _json_body(body)
+    if not isinstance(data, dict):
+        raise NotificationRejected("body", 'must be a JSON object: {"notifications": [...]}')
+    unknown = sorted(set(data) - {"notifications"})
+    if unknown:
+        raise NotificationRejected(unknown[0], "unknown field (expected notifications)")
+    items = data.get("notifications")
+    if not isinstance(items, list):
+        raise NotificationRejected("notifications", "missing, or not a list")
+    if not 1 <= len(items) <= MAX_NOTIFICATIONS_PER_REQUEST:
+        raise NotificationRejected("notifications",
+                                   f"must hold 1 to {MAX_NOTIFICATIONS_PER_REQUEST} notifications, got {len(items)}")
+    return [_checked(item, f"notifications[{i}].") for i, item in enumerate(items)]
 
 
 @dataclass(frozen=True)
@@ -128,13 +157,37 @@ class NotificationBook:
         return [n for n in self.recent if n.order_id == order_id]
 
 
-service = Service("users", settings=settings_from(UsersSettings), max_body_bytes=8 * 1024)
+# Room for a full list of notifications (about 200 bytes each) on POST /notify-users.
+service = Service("users", settings=settings_from(UsersSettings), max_body_bytes=256 * 1024)
 
 
 @service.startup
 async def create_store(ctx: ServiceContext) -> None:
     settings: UsersSettings = ctx.settings
     ctx.state["book"] = NotificationBook(settings.keep_notifications, settings.remember_notifications)
+
+
+def _notify(ctx: ServiceContext, data: dict[str, object], key: str, client_id: str,
+            trace_id: str | None) -> dict[str, str]:
+    """Record one checked notification unless its idempotency key was seen; what the caller is told about it."""
+    book: NotificationBook = ctx.state["book"]
+    recorded = book.duplicate_of(key)
+    if recorded is not None:
+        return {"status": "duplicate", "invoice_id": recorded}
+    currency = data.get("currency")
+    note = Notification(
+        # Few distinct users, currencies and clients: interned, so the kept notifications hold one copy of each.
+        invoice_id=str(data["invoice_id"]), order_id=str(data["order_id"]), user=sys.intern(str(data["user"])),
+        total=data.get("total"), currency=sys.intern(currency) if isinstance(currency, str) else None,  # type: ignore[arg-type]
+        trace_id=data.get("trace_id") or trace_id,  # type: ignore[arg-type]
+        notified_by=sys.intern(client_id), received_at=time.time(), seq=book.count + 1,
+    )
+    if book.record(key, note):
+        ctx.log.error("order_notified_twice", order_id=note.order_id, invoice_id=note.invoice_id)
+    ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
+                 f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
+                 trace_id=note.trace_id)
+    return {"status": "notified", "invoice_id": note.invoice_id}
 
 
 @service.route("POST", "/notify-user", scope="users.notify")
@@ -144,24 +197,23 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
     except NotificationRejected as exc:
         return json_error(400, "invalid_notification", str(exc), field=exc.field)
     key = request.headers.get("Idempotency-Key") or str(data["invoice_id"])
-    book: NotificationBook = ctx.state["book"]
-    recorded = book.duplicate_of(key)
-    if recorded is not None:
-        return json_response({"status": "duplicate", "invoice_id": recorded}, status=200)
-    currency = data.get("currency")
-    note = Notification(
-        # Few distinct users, currencies and clients: interned, so the kept notifications hold one copy of each.
-        invoice_id=str(data["invoice_id"]), order_id=str(data["order_id"]), user=sys.intern(str(data["user"])),
-        total=data.get("total"), currency=sys.intern(currency) if isinstance(currency, str) else None,  # type: ignore[arg-type]
-        trace_id=data.get("trace_id") or request.headers.get("X-Trace-Id"),  # type: ignore[arg-type]
-        notified_by=sys.intern(request[CLAIMS].client_id), received_at=time.time(), seq=book.count + 1,
-    )
-    if book.record(key, note):
-        ctx.log.error("order_notified_twice", order_id=note.order_id, invoice_id=note.invoice_id)
-    ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
-                 f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
-                 trace_id=note.trace_id)
-    return json_response({"status": "notified", "invoice_id": note.invoice_id}, status=201)
+    result = _notify(ctx, data, key, request[CLAIMS].client_id, request.headers.get("X-Trace-Id"))
+    return json_response(result, status=201 if result["status"] == "notified" else 200)
+
+
+@service.route("POST", "/notify-users", scope="users.notify")
+async def notify_users(request: web.Request, ctx: ServiceContext) -> web.Response:
+    """Several notifications in one request, each idempotent under its invoice id. All are checked first: one
+    invalid notification rejects the request (400, naming it) and records none. 200 with a result per
+    notification, in order, each "notified" or "duplicate"."""
+    try:
+        items = parse_notifications(await request.read())
+    except NotificationRejected as exc:
+        return json_error(400, "invalid_notification", str(exc), field=exc.field)
+    client_id = request[CLAIMS].client_id
+    results = [_notify(ctx, data, str(data["invoice_id"]), client_id, None) for data in items]
+    notified = sum(1 for r in results if r["status"] == "notified")
+    return json_response({"notified": notified, "duplicates": len(results) - notified, "results": results})
 
 
 @service.route("GET", "/notifications")

@@ -49,6 +49,8 @@ class RecordMetadata:
 # offset must wait for before it is committed. None (or empty) when there are none.
 Acks = Sequence[asyncio.Future[Any]]
 Handler = Callable[[Record], Awaitable[Acks | None]]
+# A handler of consecutive records of one partition at once (`Transport.subscribe(..., max_batch=N)`).
+BatchHandler = Callable[[Sequence[Record]], Awaitable[Acks | None]]
 StartFrom = Literal["earliest", "latest"]
 ResetTarget = Literal["earliest", "latest"] | datetime
 
@@ -145,14 +147,20 @@ class Transport(abc.ABC):
         self,
         topic: str,
         group: str,
-        handler: Handler,
+        handler: Handler | BatchHandler,
         *,
         retry: RetryConfig,
         start_from: StartFrom = "earliest",
         member: str = "",
+        max_batch: int = 1,
     ) -> Subscription:
         """Join `group` as a new member handling `topic`; records of one partition are handled in order,
-        and an offset is committed only after its handler succeeded (or its record was dead-lettered)."""
+        and an offset is committed only after its handler succeeded (or its record was dead-lettered).
+
+        With `max_batch` > 1 the handler is a BatchHandler: it receives up to that many consecutive records of one
+        partition, as many as are there when it is free (no waiting for a batch to fill). If it fails, each record
+        of the batch is handed to it again on its own, under the retry policy (see `delivery.deliver_batch`).
+        """
 
     @abc.abstractmethod
     async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:

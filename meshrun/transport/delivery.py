@@ -1,20 +1,22 @@
 """One retry policy for every transport: retry a failing handler with backoff, then dead-letter.
 
-Not a consumer loop: each transport fetches and commits its own way and calls `deliver` once per record.
+Not a consumer loop: each transport fetches and commits its own way and calls `deliver` once per record, or
+`deliver_batch` once per batch of records.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import structlog
 
 from meshrun.config import RetryConfig
-from meshrun.transport.base import Acks, Handler, Headers, Record
+from meshrun.transport.base import Acks, BatchHandler, Handler, Headers, Record
 
 log = structlog.get_logger("meshrun.delivery")
 
 DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
+MAX_BATCH = 10_000  # records handed to one batch handler at most
 
 
 class RetryLater(Exception):
@@ -168,3 +170,52 @@ async def deliver(
             error = exc
             if not isinstance(exc, RetryLater):
                 attempts += 1
+
+
+def one_at_a_time(handler: BatchHandler) -> Handler:
+    """A batch handler as a handler of single records (batches of one)."""
+
+    async def handle(record: Record) -> Acks | None:
+        return await handler((record,))
+
+    return handle
+
+
+async def deliver_batch(
+    records: Sequence[Record],
+    handler: BatchHandler,
+    *,
+    group: str,
+    retry: RetryConfig,
+    dead_letter: DeadLetter,
+    stopping: asyncio.Event,
+) -> Acks | None:
+    """Hand consecutive records of one partition to a batch handler at once; what `deliver` is for one record.
+
+    A batch that fails is not retried as a whole: each of its records is handed to the handler again on its own,
+    under the retry policy, so one bad record is retried and dead-lettered alone while the others go through. The
+    records before it may be handled twice (at least once, as after any failure). None when a stop was requested
+    before every record was done: none of the batch is committed then, and all of it is redelivered later.
+    """
+    if len(records) > 1:
+        try:
+            return _acks_of(await handler(records))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handled again one record at a time
+            log.warning("batch_failed_handling_one_at_a_time", error=repr(exc), topic=records[0].topic,
+                        partition=records[0].partition, offsets=f"{records[0].offset}-{records[-1].offset}",
+                        group=group)
+    single = one_at_a_time(handler)
+    pending: list[asyncio.Future[object]] = []
+    for record in records:
+        acks = await deliver(record, single, group=group, retry=retry, dead_letter=dead_letter, stopping=stopping)
+        if acks is None:
+            return None
+        pending.extend(acks)
+    return pending
+
+
+def check_max_batch(max_batch: int) -> None:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
+        raise ValueError(f"max_batch must be an integer from 1 to {MAX_BATCH}, got {max_batch!r}")

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
 from meshrun.transport.base import (
+    BatchHandler,
     Handler,
     Headers,
     PartitionLag,
@@ -29,6 +30,7 @@ from meshrun.transport.base import (
     TopicInfo,
     Transport,
 )
+from meshrun.transport.delivery import check_max_batch
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
 from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
 from meshrun.transport.kafka_subscription import KafkaSubscription
@@ -148,12 +150,13 @@ class KafkaTransport(Transport):
             await self.ensure_topics([TopicConfig(topic, partitions, replicas)])
         await self.publish(topic, record.value, key=record.key, headers=headers)
 
-    async def subscribe(self, topic: str, group: str, handler: Handler, *, retry: RetryConfig,
-                        start_from: StartFrom = "earliest", member: str = "") -> Subscription:
+    async def subscribe(self, topic: str, group: str, handler: Handler | BatchHandler, *, retry: RetryConfig,
+                        start_from: StartFrom = "earliest", member: str = "", max_batch: int = 1) -> Subscription:
         self._require_started()
+        check_max_batch(max_batch)
         await self._partition_count(topic)
         sub = KafkaSubscription(self.options, topic, group, handler, retry, start_from,
-                                member or f"{group}-{next(self._member_ids)}", self._dead_letter)
+                                member or f"{group}-{next(self._member_ids)}", self._dead_letter, max_batch)
         await sub.start()
         self._subscriptions = {s for s in self._subscriptions if s.state is not SubscriptionState.STOPPED}
         self._subscriptions.add(sub)

@@ -23,8 +23,24 @@ from aiokafka.errors import (
 from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
-from meshrun.transport.base import Acks, Handler, Headers, Record, StartFrom, Subscription, SubscriptionState
-from meshrun.transport.delivery import awaiting_acks, deliver, first_error, transient_error
+from meshrun.transport.base import (
+    Acks,
+    BatchHandler,
+    Handler,
+    Headers,
+    Record,
+    StartFrom,
+    Subscription,
+    SubscriptionState,
+)
+from meshrun.transport.delivery import (
+    awaiting_acks,
+    deliver,
+    deliver_batch,
+    first_error,
+    one_at_a_time,
+    transient_error,
+)
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
 
 log = structlog.get_logger("meshrun.transport.kafka")
@@ -57,8 +73,8 @@ class _PartitionWorker:
         self.sub = sub
         self.tp = TopicPartition(sub.topic, partition)
         self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
-        # Handled records, oldest first, with the acknowledgements they still wait for.
-        self.unacked: deque[tuple[ConsumerRecord[bytes, bytes], Acks]] = deque()
+        # Handled records (a batch, or one), oldest first, with the acknowledgements they still wait for.
+        self.unacked: deque[tuple[list[ConsumerRecord[bytes, bytes]], Acks]] = deque()
         self.done = position
         self.committed = position
         self.paused = False
@@ -87,8 +103,10 @@ class _PartitionWorker:
     async def _handle_in_order(self) -> None:
         sub = self.sub
         limit = sub.options.max_unacked_per_partition
+        queue = self.queue
+        max_batch = sub.max_batch
         while not self.stopping.is_set():
-            if not self.queue:
+            if not queue:
                 if self.unacked:
                     if not await self._settle(0):
                         return
@@ -96,17 +114,24 @@ class _PartitionWorker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            message = self.queue.popleft()
-            acks = await deliver(to_record(message), sub.handler, group=sub.group, retry=sub.retry,
-                                 dead_letter=sub.dead_letter, stopping=self.stopping)
+            if max_batch > 1:
+                messages = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
+                acks = await deliver_batch([to_record(m) for m in messages], sub.handler,  # type: ignore[arg-type]
+                                           group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
+                                           stopping=self.stopping)
+            else:
+                messages = [queue.popleft()]
+                acks = await deliver(to_record(messages[0]), sub.handler,  # type: ignore[arg-type]
+                                     group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
+                                     stopping=self.stopping)
             if acks is None:
                 return
             if acks or self.unacked:
-                self.unacked.append((message, acks))
+                self.unacked.append((messages, acks))
                 if not await self._settle(limit - 1):
                     return
             else:
-                self.done = message.offset + 1
+                self.done = messages[-1].offset + 1
             if self.paused and len(self.queue) <= sub.options.max_buffered_per_partition // 2:
                 sub.resume(self)
 
@@ -116,31 +141,35 @@ class _PartitionWorker:
         (`handle_again`), or ends the advance. False if a stop was requested before that record was done."""
         unacked = self.unacked
         while unacked:
-            message, acks = unacked[0]
+            messages, acks = unacked[0]
             if not all(ack.done() for ack in acks):
                 if len(unacked) <= keep:
                     return True
                 await asyncio.wait(acks)
             error = first_error(acks)
             if error is not None:
-                if not handle_again or not await self._handle_again(message, error):
+                if not handle_again or not await self._handle_again(messages, error):
                     return False
             unacked.popleft()
-            self.done = message.offset + 1
+            self.done = messages[-1].offset + 1
         return True
 
-    async def _handle_again(self, message: ConsumerRecord[bytes, bytes], error: BaseException) -> bool:
-        """Handle a record again, its publishes awaited this time, under the retry policy: until they are
-        acknowledged, or (refused for good) until it is dead-lettered. At least once: what the first attempt did
-        may happen twice. False if a stop was requested first."""
+    async def _handle_again(self, messages: list[ConsumerRecord[bytes, bytes]], error: BaseException) -> bool:
+        """Handle records again, one at a time and their publishes awaited this time, under the retry policy:
+        until they are acknowledged, or (refused for good) until they are dead-lettered. At least once: what the
+        first attempt did may happen twice. False if a stop was requested first."""
         sub = self.sub
-        if self.stopping.is_set():  # leave it uncommitted: the partition's next owner handles it
+        if self.stopping.is_set():  # leave them uncommitted: the partition's next owner handles them
             return False
-        log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=message.offset,
-                    partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
-        acks = await deliver(to_record(message), awaiting_acks(sub.handler, transient_publish_error),
-                             group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping)
-        return acks is not None
+        log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=messages[0].offset,
+                    records=len(messages), partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
+        single = one_at_a_time(sub.handler) if sub.max_batch > 1 else sub.handler  # type: ignore[arg-type]
+        handler = awaiting_acks(single, transient_publish_error)  # type: ignore[arg-type]
+        for message in messages:
+            if await deliver(to_record(message), handler, group=sub.group, retry=sub.retry,
+                             dead_letter=sub.dead_letter, stopping=self.stopping) is None:
+                return False
+        return True
 
 
 def transient_publish_error(error: BaseException) -> bool:
@@ -164,13 +193,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaSubscription(Subscription):
     """A member of `group` on `topic`; one aiokafka consumer, one worker task per assigned partition."""
 
-    def __init__(self, options: KafkaClientOptions, topic: str, group: str, handler: Handler, retry: RetryConfig,
-                 start_from: StartFrom, member: str, dead_letter: DeadLetter) -> None:
+    def __init__(self, options: KafkaClientOptions, topic: str, group: str, handler: Handler | BatchHandler,
+                 retry: RetryConfig, start_from: StartFrom, member: str, dead_letter: DeadLetter,
+                 max_batch: int = 1) -> None:
         self.options = options
         self.topic = topic
         self.group = group
         self.member = member
         self.handler = handler
+        self.max_batch = max_batch
         self.retry = retry
         self.dead_letter = dead_letter
         self.consumer = AIOKafkaConsumer(

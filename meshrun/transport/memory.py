@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from itertools import islice
 from datetime import datetime
 from typing import Sequence
 
@@ -17,6 +18,7 @@ import structlog
 from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import Backpressure, GroupHasLiveMembers, TransportStateError, UnknownTopic
 from meshrun.transport.base import (
+    BatchHandler,
     Handler,
     Headers,
     PartitionLag,
@@ -29,7 +31,15 @@ from meshrun.transport.base import (
     TopicInfo,
     Transport,
 )
-from meshrun.transport.delivery import awaiting_acks, deliver, first_error, transient_error
+from meshrun.transport.delivery import (
+    awaiting_acks,
+    check_max_batch,
+    deliver,
+    deliver_batch,
+    first_error,
+    one_at_a_time,
+    transient_error,
+)
 from meshrun.transport.partitioner import partition_for
 
 log = structlog.get_logger("meshrun.transport.memory")
@@ -86,8 +96,8 @@ class _Group:
 
 
 class MemorySubscription(Subscription):
-    def __init__(self, transport: "InMemoryTransport", topic: _Topic, group: _Group, handler: Handler,
-                 retry: RetryConfig, start_from: StartFrom, member: str) -> None:
+    def __init__(self, transport: "InMemoryTransport", topic: _Topic, group: _Group, handler: Handler | BatchHandler,
+                 retry: RetryConfig, start_from: StartFrom, member: str, max_batch: int = 1) -> None:
         self.transport = transport
         self._topic = topic
         self._group = group
@@ -95,6 +105,7 @@ class MemorySubscription(Subscription):
         self.group = group.name
         self.member = member
         self.handler = handler
+        self.max_batch = max_batch
         self.retry = retry
         self.start_from = start_from
         self._state = SubscriptionState.JOINING
@@ -157,7 +168,8 @@ class MemorySubscription(Subscription):
         """Deliver one partition's records in order; commit each offset once its handler is done."""
         committed = self._group.committed
         key = (self.topic, part.index)
-        handler = self.handler
+        batched = self.max_batch > 1
+        handler: Handler = one_at_a_time(self.handler) if batched else self.handler  # type: ignore[arg-type]
         while not stop.is_set():
             position = committed[key]
             if position < part.log_start:
@@ -167,21 +179,28 @@ class MemorySubscription(Subscription):
             if position >= part.next_offset:
                 await part.wait(part.waiters)
                 continue
-            record = part.records[position - part.log_start]
-            acks = await deliver(record, handler, group=self.group, retry=self.retry,
-                                 dead_letter=self.transport._dead_letter, stopping=stop)
+            first = position - part.log_start
+            if batched:
+                records = list(islice(part.records, first, first + self.max_batch))
+                acks = await deliver_batch(records, self.handler, group=self.group,  # type: ignore[arg-type]
+                                           retry=self.retry, dead_letter=self.transport._dead_letter, stopping=stop)
+            else:
+                records = [part.records[first]]
+                acks = await deliver(records[0], handler, group=self.group, retry=self.retry,
+                                     dead_letter=self.transport._dead_letter, stopping=stop)
             if acks is None:
                 return
             if acks:  # never from this transport's own sends, which are durable when they return
                 await asyncio.wait(acks)
-                if first_error(acks) is not None:  # handle it again, its publishes awaited, under the retry policy
-                    acks = await deliver(record, awaiting_acks(handler, transient_error), group=self.group,
-                                         retry=self.retry, dead_letter=self.transport._dead_letter, stopping=stop)
-                    if acks is None:
-                        return
+                if first_error(acks) is not None:  # handle them again, publishes awaited, under the retry policy
+                    for record in records:
+                        if await deliver(record, awaiting_acks(handler, transient_error), group=self.group,
+                                         retry=self.retry, dead_letter=self.transport._dead_letter,
+                                         stopping=stop) is None:
+                            return
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
-                committed[key] = position + 1
+                committed[key] = position + len(records)
             if part.space_waiters:
                 self.transport._free_space(part)
 
@@ -348,15 +367,16 @@ class InMemoryTransport(Transport):
             await self.ensure_topics([TopicConfig(topic, len(self._topic(record.topic).partitions))])
         await self.publish(topic, record.value, key=record.key, headers=headers)
 
-    async def subscribe(self, topic: str, group: str, handler: Handler, *, retry: RetryConfig,
-                        start_from: StartFrom = "earliest", member: str = "") -> Subscription:
+    async def subscribe(self, topic: str, group: str, handler: Handler | BatchHandler, *, retry: RetryConfig,
+                        start_from: StartFrom = "earliest", member: str = "", max_batch: int = 1) -> Subscription:
         self._require_started()
+        check_max_batch(max_batch)
         t = self._topic(topic)
         g = self._groups.get(group)
         if g is None:
             g = self._groups[group] = _Group(group)
         sub = MemorySubscription(self, t, g, handler, retry, start_from,
-                                 member or f"{group}-{next(self._member_ids)}")
+                                 member or f"{group}-{next(self._member_ids)}", max_batch)
         async with g.lock:
             g.members.setdefault(topic, []).append(sub)
             await self._rebalance(g, t)

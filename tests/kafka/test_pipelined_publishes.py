@@ -35,9 +35,9 @@ class ScriptedHandler:
         return [ack]
 
 
-def worker_for(handler: Any, *, max_unacked: int = 256) -> _PartitionWorker:
+def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1) -> _PartitionWorker:
     sub = SimpleNamespace(
-        topic=TOPIC, group="billing-group", handler=handler,
+        topic=TOPIC, group="billing-group", handler=handler, max_batch=max_batch,
         retry=RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05),
         dead_letter=None, resume=lambda worker: None,
         options=SimpleNamespace(max_unacked_per_partition=max_unacked, max_buffered_per_partition=1000),
