@@ -32,6 +32,8 @@ KAFKA_OPTIONS: dict[str, type] = {
     "max_poll_records": int,
     "max_partition_fetch_bytes": int,
     "fetch_max_bytes": int,
+    "fetch_min_bytes": int,
+    "fetch_max_wait_ms": int,
     "linger_ms": int,
     "commit_interval_ms": int,
     "max_in_flight_per_partition": int,

@@ -26,7 +26,7 @@ _COMMON = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_p
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 _PRODUCER = ("linger_ms",)
 _CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms",
-             "max_partition_fetch_bytes", "fetch_max_bytes")
+             "max_partition_fetch_bytes", "fetch_max_bytes", "fetch_min_bytes", "fetch_max_wait_ms")
 _MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition")
 KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
 
@@ -70,6 +70,13 @@ class KafkaClientOptions:
         # Fetch at most 256 KiB per partition (aiokafka's default is 1 MiB): measured on a backlog of 60,000 orders,
         # a whole mesh grew to 320-620 MB RSS with 1 MiB fetches and stayed at 107 MB with 256 KiB.
         consumer.setdefault("max_partition_fetch_bytes", 256 * 1024)
+        # A fetch is answered once 64 KiB are there or after 10 ms, not as soon as one record is: measured with
+        # `meshrun bench --transport kafka`, answering at once had the broker spend 0.48 ms of CPU per order on
+        # fetches of one or two records (1,700 orders/s end to end); with 64 KiB / 10 ms it spent 0.07 ms, the
+        # handlers got batches, and the mesh moved 3,150/s. Each hop waits at most 10 ms more when traffic is light
+        # (p99 at a paced 300 orders/s: 30 ms end to end). fetch_max_wait_ms = 0 answers at once again.
+        consumer.setdefault("fetch_min_bytes", 64 * 1024)
+        consumer.setdefault("fetch_max_wait_ms", 10)
         # A rebalance waits for each member's in-flight handlers (up to the revoke grace period): give members
         # time to rejoin after that instead of the session timeout aiokafka defaults to.
         consumer.setdefault("rebalance_timeout_ms", 60_000)
