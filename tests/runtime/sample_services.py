@@ -1,11 +1,13 @@
-"""Test services for the runtime: a slow consumer and a flaky consumer, declared like any user service."""
+"""Test services for the runtime: a slow consumer, a flaky consumer and a batch consumer, declared like any user
+service."""
 from __future__ import annotations
 
 import asyncio
 
 from aiohttp import web
 
-from meshrun import EventContext, Service, ServiceContext
+from meshrun import BatchContext, EventContext, Service, ServiceContext
+from meshrun.examples.greeter import Greeted
 from meshrun.http.server import json_response
 from meshrun.transport.base import Record
 
@@ -48,3 +50,18 @@ never_ready = Service("never_ready")
 @never_ready.readiness
 async def waiting_for_database(ctx: ServiceContext) -> str | None:
     return "database not reachable"
+
+
+batcher = Service("batcher")
+
+
+@batcher.subscribe("greetings", event=Greeted, batch=4)
+async def greet_in_batches(events: list[Greeted], ctx: BatchContext) -> None:
+    """Records each list it is handed (and the offsets of its records); refuses any list holding "poison"."""
+    if any(event.name == "poison" for event in events):
+        raise ValueError("poison")
+    state = ctx.service.state
+    state.setdefault("batches", []).append([event.name for event in events])
+    state.setdefault("offsets", []).append([record.offset for record in ctx.records])
+    for i, event in enumerate(events):
+        ctx.log_for(i).info("greeting_batched", name=event.name)
