@@ -7,14 +7,15 @@ same worker against a real broker is covered by the transport and mesh tests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
-from meshrun.transport.base import Record
+from meshrun.transport.base import Headers, Record
 from meshrun.transport.kafka_subscription import _PartitionWorker
 from tests.polling import eventually
 
@@ -33,6 +34,26 @@ class ScriptedHandler:
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
         return [ack]
+
+
+class ScriptedBatchHandler:
+    """A batch handler: records the offsets of each batch it handles; each call returns `publishes` fresh, unresolved
+    acknowledgements (kept per call in `acks`). With `fail_batches`, a call of more than one record raises instead."""
+
+    def __init__(self, *, publishes: int = 1, fail_batches: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.acks: list[list[asyncio.Future[Any]]] = []
+        self.publishes = publishes
+        self.fail_batches = fail_batches
+
+    async def __call__(self, batch: Sequence[Record]) -> list[asyncio.Future[Any]]:
+        self.batches.append([record.offset for record in batch])
+        if self.fail_batches and len(batch) > 1:
+            raise ConnectionResetError("the batch call failed half-way")
+        loop = asyncio.get_running_loop()
+        acks: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(self.publishes)]
+        self.acks.append(acks)
+        return acks
 
 
 def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1) -> _PartitionWorker:
@@ -134,4 +155,95 @@ async def test_handlers_that_publish_nothing_advance_at_once() -> None:
     worker.feed(records(0, 1, 2))
     await eventually(lambda: worker.done == 3)
     assert handled == [0, 1, 2]
+    await stop(worker)
+
+
+async def settle() -> None:
+    """Let the worker run as far as it can without an acknowledgement resolving."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_batch_is_done_only_once_its_acks_resolve_and_every_batch_before_it_is_done() -> None:
+    handler = ScriptedBatchHandler(publishes=2)
+    worker = worker_for(handler, max_batch=3)
+    worker.feed(records(0, 1, 2, 3, 4, 5, 6))
+    # Pipelined like single records: the next batch is handled while the previous one's publishes await their acks.
+    await eventually(lambda: handler.batches == [[0, 1, 2], [3, 4, 5], [6]])
+    assert worker.done == 0
+
+    handler.acks[0][0].set_result(None)
+    await settle()
+    assert worker.done == 0  # one of the batch's two publishes is still unacknowledged
+    for ack in handler.acks[1]:
+        ack.set_result(None)
+    await settle()
+    assert worker.done == 0  # a later batch acknowledged first still waits for the oldest
+
+    handler.acks[0][1].set_result(None)
+    await eventually(lambda: worker.done == 6)  # past both acknowledged batches
+    await settle()
+    assert worker.done == 6  # not into the last one, whose acks are pending
+    for ack in handler.acks[2]:
+        ack.set_result(None)
+    await eventually(lambda: worker.done == 7)
+    assert handler.batches == [[0, 1, 2], [3, 4, 5], [6]]  # nothing handled twice
+    await stop(worker)
+
+
+async def test_a_refused_publish_of_a_batch_makes_each_of_its_records_be_handled_again_alone() -> None:
+    handler = ScriptedBatchHandler()
+    worker = worker_for(handler, max_batch=3)
+    worker.feed(records(0, 1, 2))
+    await eventually(lambda: handler.batches == [[0, 1, 2]])
+    handler.acks[0][0].set_exception(MessageSizeTooLargeError("refused for good"))
+
+    # Handled again one record at a time, each one's publish awaited before the next record.
+    for handled_again in ([0], [1], [2]):
+        await eventually(lambda: handler.batches[-1] == handled_again)  # noqa: B023
+        await settle()
+        assert handler.batches[-1] == handled_again
+        assert worker.done == 0  # the batch counts as done only once all of it is
+        handler.acks[-1][0].set_result(None)
+    await eventually(lambda: worker.done == 3)
+    assert handler.batches == [[0, 1, 2], [0], [1], [2]]
+    await stop(worker)
+
+
+async def test_a_record_whose_publish_keeps_being_refused_is_dead_lettered_alone_and_its_batch_goes_through() -> None:
+    handled: list[list[int]] = []
+    dead: list[int] = []
+
+    async def refuse_batches_and_record_1(batch: Sequence[Record]) -> list[asyncio.Future[Any]]:
+        handled.append([record.offset for record in batch])
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if len(batch) > 1 or batch[0].offset == 1:
+            ack.set_exception(MessageSizeTooLargeError("refused for good"))
+        else:
+            ack.set_result(None)
+        return [ack]
+
+    async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
+        dead.append(record.offset)
+
+    worker = worker_for(refuse_batches_and_record_1, max_batch=3)
+    worker.sub.dead_letter = dead_letter
+    worker.feed(records(0, 1, 2))
+    await eventually(lambda: worker.done == 3)
+    assert dead == [1]
+    assert handled == [[0, 1, 2], [0], [1], [1], [1], [2]]  # record 1 alone, max_attempts times
+    await stop(worker)
+
+
+async def test_a_failing_batch_is_handed_over_one_record_at_a_time_and_done_waits_for_their_acks() -> None:
+    handler = ScriptedBatchHandler(fail_batches=True)
+    worker = worker_for(handler, max_batch=3)
+    worker.feed(records(0, 1, 2))
+    await eventually(lambda: handler.batches == [[0, 1, 2], [0], [1], [2]])
+    handler.acks[0][0].set_result(None)
+    handler.acks[2][0].set_result(None)
+    await settle()
+    assert worker.done == 0  # record 1's publish is still unacknowledged
+    handler.acks[1][0].set_result(None)
+    await eventually(lambda: worker.done == 3)
     await stop(worker)

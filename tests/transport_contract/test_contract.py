@@ -9,7 +9,7 @@ import itertools
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -41,6 +41,28 @@ class Collector:
         return [r.value for r in self.records]
 
 
+class BatchCollector:
+    """A batch handler that keeps every batch it was given, in the order it got them; `then` runs after keeping one
+    (and may raise, failing the batch)."""
+
+    def __init__(self, then: Callable[[Sequence[Record]], Awaitable[None]] | None = None) -> None:
+        self.batches: list[list[Record]] = []
+        self.then = then
+
+    async def __call__(self, records: Sequence[Record]) -> None:
+        self.batches.append(list(records))
+        if self.then is not None:
+            await self.then(records)
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for batch in self.batches for r in batch]
+
+    @property
+    def values(self) -> list[bytes]:
+        return [r.value for r in self.records]
+
+
 async def new_topic(transport: Transport, partitions: int = 3, *, dead_letters: bool = False) -> str:
     name = unique("contract")
     topics = [TopicConfig(name, partitions)]
@@ -51,8 +73,10 @@ async def new_topic(transport: Transport, partitions: int = 3, *, dead_letters: 
 
 
 async def join(transport: Transport, topic: str, handler: Any, group: str | None = None, *,
-               retry: RetryConfig = FAST_RETRY, start_from: StartFrom = "earliest") -> Subscription:
-    sub = await transport.subscribe(topic, group or unique("group"), handler, retry=retry, start_from=start_from)
+               retry: RetryConfig = FAST_RETRY, start_from: StartFrom = "earliest",
+               max_batch: int = 1) -> Subscription:
+    sub = await transport.subscribe(topic, group or unique("group"), handler, retry=retry, start_from=start_from,
+                                    max_batch=max_batch)
     await sub.wait_joined(30)
     return sub
 
@@ -418,3 +442,159 @@ async def test_a_handler_still_running_after_the_grace_period_is_cancelled_and_i
     await join(transport, topic, second, group)
     await eventually(lambda: len(second.records) == 2, what="both records for the next member")
     assert second.values == [b"slow", b"next"]
+
+
+# --- batch handlers (subscribe(..., max_batch=N)) ------------------------------------------------------------------
+
+
+def caught_up(transport: Transport, topic: str, group: str, published: int) -> Callable[[], Awaitable[bool]]:
+    """A condition: `group` has committed all `published` records of `topic`, so its lag is 0 on every partition."""
+
+    async def check() -> bool:
+        [info] = await transport.describe([topic])
+        lags = info.groups.get(group, [])
+        return (sum(p.log_end for p in lags) == published
+                and all(p.committed == p.log_end and p.lag == 0 for p in lags))
+
+    return check
+
+
+async def test_a_batch_handler_gets_every_record_once_in_order_in_batches_of_one_partition(
+        transport: Transport) -> None:
+    topic = await new_topic(transport, 3)
+    group = unique("group")
+    published = [(f"customer-{i % 5}".encode(), str(i).encode()) for i in range(60)]
+    for key, value in published:
+        await transport.publish(topic, value, key=key)
+    got = BatchCollector()
+    await join(transport, topic, got, group, max_batch=4)
+    await eventually(lambda: len(got.records) >= 60, what="60 records")
+
+    for batch in got.batches:
+        assert 1 <= len(batch) <= 4
+        assert len({r.partition for r in batch}) == 1, "a batch mixes partitions"
+        assert [r.offset for r in batch] == list(range(batch[0].offset, batch[0].offset + len(batch)))
+    for partition in range(3):
+        mine = [r for r in got.records if r.partition == partition]
+        assert [r.offset for r in mine] == list(range(len(mine)))  # each record once, in offset order
+        assert [r.value for r in mine] == [v for k, v in published
+                                           if partition_for(k, 3, itertools.count()) == partition]
+    await eventually(caught_up(transport, topic, group, 60), what="every batch committed (lag 0)")
+    assert len(got.records) == 60  # and none handled again meanwhile
+
+
+async def test_records_published_while_a_batch_is_handled_arrive_together_in_a_later_batch(
+        transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    release = asyncio.Event()
+
+    async def hold_the_first_batch(records: Sequence[Record]) -> None:
+        if len(got.batches) == 1:
+            await asyncio.wait_for(release.wait(), 30)
+
+    got = BatchCollector(hold_the_first_batch)
+    await transport.publish(topic, b"0")
+    await join(transport, topic, got, max_batch=5)
+    await eventually(lambda: got.batches, what="the first batch")
+    for i in range(1, 10):
+        await transport.publish(topic, str(i).encode())
+    release.set()
+    await eventually(lambda: len(got.records) >= 10, what="10 records")
+
+    assert [r.value for r in got.batches[0]] == [b"0"]  # a batch never waits to fill
+    assert got.values == [str(i).encode() for i in range(10)]
+    later = [len(batch) for batch in got.batches[1:]]
+    assert max(later) > 1, f"the records that waited for the handler came one at a time: {later}"
+    assert max(later) <= 5
+
+
+async def test_a_record_that_keeps_failing_in_a_batch_is_dead_lettered_alone_and_the_others_go_through(
+        transport: Transport) -> None:
+    topic = await new_topic(transport, 1, dead_letters=True)
+    group = unique("group")
+    handled: list[bytes] = []
+    calls_with_bad: list[int] = []  # the length of each batch the bad record came in
+
+    async def handle_in_turn(records: Sequence[Record]) -> None:
+        for record in records:
+            if record.value == b"bad":
+                calls_with_bad.append(len(records))
+                raise ValueError("amount must be positive")
+            handled.append(record.value)
+
+    for i, value in enumerate([b"good-0", b"good-1", b"bad", b"good-3", b"good-4"]):
+        await transport.publish(topic, value, key=f"order-{i}".encode())
+    got = BatchCollector(handle_in_turn)
+    await join(transport, topic, got, group, retry=RetryConfig(max_attempts=3, backoff_initial=0.01),
+               max_batch=10)
+    await eventually(lambda: handled[-1:] == [b"good-4"], what="the records after the bad one")
+
+    counts = Counter(handled)
+    assert set(counts) == {b"good-0", b"good-1", b"good-3", b"good-4"}
+    assert 1 <= counts[b"good-0"] <= 2 and 1 <= counts[b"good-1"] <= 2  # in the failed batch, then again alone
+    assert counts[b"good-3"] == counts[b"good-4"] == 1  # the failed batch never reached them
+    assert handled[-2:] == [b"good-3", b"good-4"]
+    # The bad record was retried alone, max_attempts times, after at most one failed batch.
+    assert calls_with_bad.count(1) == 3
+    assert len(calls_with_bad) - calls_with_bad.count(1) <= 1
+
+    dlq, reader_group = dead_letter_topic(topic), unique("group")
+    reader = Collector()
+    reader_sub = await join(transport, dlq, reader, reader_group)
+    await eventually(lambda: reader.records, what="the dead-lettered record")
+    await reader_sub.stop(grace_period=5)
+    [dead] = reader.records
+    assert (dead.value, dead.key) == (b"bad", b"order-2")
+    assert dead.header("meshrun-dlq-offset") == b"2"
+    assert dead.header("meshrun-dlq-attempts") == b"3"
+    assert dead.header("meshrun-dlq-error") == b"ValueError: amount must be positive"
+    [dlq_info] = await transport.describe([dlq])
+    assert sum(p.log_end for p in dlq_info.groups[reader_group]) == 1  # that record alone
+
+    await eventually(caught_up(transport, topic, group, 5), what="the whole batch committed (lag 0)")
+    await transport.publish(topic, b"good-5", key=b"order-5")
+    await eventually(lambda: handled[-1:] == [b"good-5"], what="a later record")
+    await eventually(caught_up(transport, topic, group, 6), what="the later record committed")
+
+
+async def test_handled_batches_are_committed_and_not_handed_to_the_groups_next_member(transport: Transport) -> None:
+    topic = await new_topic(transport, 2)
+    group = unique("group")
+    for i in range(12):
+        await transport.publish(topic, f"old-{i}".encode(), key=key_on(i % 2, 2))
+    first = BatchCollector()
+    sub = await join(transport, topic, first, group, max_batch=5)
+    await eventually(lambda: len(first.records) == 12, what="12 records")
+    await eventually(caught_up(transport, topic, group, 12), what="lag 0 once the batches are handled")
+    await sub.stop(grace_period=5)
+    [info] = await transport.describe([topic])
+    assert [(p.partition, p.committed, p.lag) for p in info.groups[group]] == [(0, 6, 0), (1, 6, 0)]
+
+    for partition in range(2):
+        await transport.publish(topic, f"new-{partition}".encode(), key=key_on(partition, 2))
+    second = BatchCollector()
+    await join(transport, topic, second, group, max_batch=5)
+    await eventually(lambda: {b"new-0", b"new-1"} <= set(second.values), what="the 2 new records")
+    # A committed record would come before the new one of its partition: none did.
+    assert sorted(second.values) == [b"new-0", b"new-1"]
+
+
+@pytest.mark.parametrize("max_batch", [0, -1, True, 10_001, "3"])
+async def test_an_invalid_max_batch_is_refused_before_joining(transport: Transport, max_batch: Any) -> None:
+    topic = await new_topic(transport, 1)
+    group = unique("group")
+    with pytest.raises(ValueError, match="max_batch"):
+        await transport.subscribe(topic, group, BatchCollector(), retry=FAST_RETRY, max_batch=max_batch)
+    assert await transport.reset_offsets(group, topic, "earliest") == {0: 0}  # no member of the group was left
+
+
+async def test_max_batch_from_1_to_10_000_is_accepted(transport: Transport) -> None:
+    topic = await new_topic(transport, 1)
+    await transport.publish(topic, b"only")
+    single, batches = Collector(), BatchCollector()
+    for handler, max_batch in ((single, 1), (batches, 10_000)):
+        sub = await join(transport, topic, handler, max_batch=max_batch)
+        await eventually(lambda: handler.records, what=f"the record with max_batch={max_batch}")  # noqa: B023
+        await sub.stop(grace_period=5)
+    assert single.values == [b"only"]
+    assert [[r.value for r in batch] for batch in batches.batches] == [[b"only"]]
