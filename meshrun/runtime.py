@@ -12,7 +12,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from aiohttp import web
 
@@ -23,7 +23,7 @@ from meshrun.events import Event, EventDecodeError, decode
 from meshrun.http.server import create_app
 from meshrun.logs import flush_logs, mesh_logger, service_logger
 from meshrun.registry import LoadedService, load_services
-from meshrun.service import Subscriber
+from meshrun.service import BatchEventHandler, EventHandler, Subscriber
 from meshrun.transport import create_transport
 from meshrun.transport.base import Acks, BatchHandler, Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
@@ -98,7 +98,7 @@ def _bound_log(base_log: Any, record: Record, payload: Any) -> Any:
 
 def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> Handler:
     """Adapt a service's handler to the transport: decode once, bind the log context, pass an EventContext."""
-    handler = subscriber.handler
+    handler = cast(EventHandler, subscriber.handler)
     event_type = subscriber.event
     base_log = ctx.log
 
@@ -117,7 +117,7 @@ def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: Dec
 def batch_event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> BatchHandler:
     """`event_handler` for a handler of lists of events: decode each, pass the list and one BatchContext. A record
     that does not decode fails the batch, and the transport hands its records over one at a time."""
-    handler = subscriber.handler
+    handler = cast(BatchEventHandler, subscriber.handler)
     event_type = subscriber.event
     base_log = ctx.log
 

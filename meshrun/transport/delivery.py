@@ -6,7 +6,7 @@ Not a consumer loop: each transport fetches and commits its own way and calls `d
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Sequence, cast
 
 import structlog
 
@@ -179,6 +179,16 @@ def one_at_a_time(handler: BatchHandler) -> Handler:
         return await handler((record,))
 
     return handle
+
+
+def split_handler(handler: Handler | BatchHandler, max_batch: int) -> tuple[Handler, BatchHandler | None]:
+    """What a subscription calls: a handler of single records (for retries, and every record when `max_batch` is
+    1), and the batch handler when there is one."""
+    check_max_batch(max_batch)
+    if max_batch > 1:
+        batch = cast(BatchHandler, handler)
+        return one_at_a_time(batch), batch
+    return cast(Handler, handler), None
 
 
 async def deliver_batch(

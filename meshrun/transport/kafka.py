@@ -30,7 +30,6 @@ from meshrun.transport.base import (
     TopicInfo,
     Transport,
 )
-from meshrun.transport.delivery import check_max_batch
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
 from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
 from meshrun.transport.kafka_subscription import KafkaSubscription
@@ -153,7 +152,6 @@ class KafkaTransport(Transport):
     async def subscribe(self, topic: str, group: str, handler: Handler | BatchHandler, *, retry: RetryConfig,
                         start_from: StartFrom = "earliest", member: str = "", max_batch: int = 1) -> Subscription:
         self._require_started()
-        check_max_batch(max_batch)
         await self._partition_count(topic)
         sub = KafkaSubscription(self.options, topic, group, handler, retry, start_from,
                                 member or f"{group}-{next(self._member_ids)}", self._dead_letter, max_batch)

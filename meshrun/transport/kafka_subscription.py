@@ -38,7 +38,7 @@ from meshrun.transport.delivery import (
     deliver,
     deliver_batch,
     first_error,
-    one_at_a_time,
+    split_handler,
     transient_error,
 )
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
@@ -75,6 +75,7 @@ class _PartitionWorker:
         self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
         # Handled records (a batch, or one), oldest first, with the acknowledgements they still wait for.
         self.unacked: deque[tuple[list[ConsumerRecord[bytes, bytes]], Acks]] = deque()
+        self.unacked_records = 0  # records in `unacked`: what max_unacked_per_partition bounds
         self.done = position
         self.committed = position
         self.paused = False
@@ -104,7 +105,7 @@ class _PartitionWorker:
         sub = self.sub
         limit = sub.options.max_unacked_per_partition
         queue = self.queue
-        max_batch = sub.max_batch
+        max_batch, batch_handler = sub.max_batch, sub.batch_handler
         while not self.stopping.is_set():
             if not queue:
                 if self.unacked:
@@ -114,20 +115,19 @@ class _PartitionWorker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if max_batch > 1:
+            if batch_handler is not None:
                 messages = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
-                acks = await deliver_batch([to_record(m) for m in messages], sub.handler,  # type: ignore[arg-type]
-                                           group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
-                                           stopping=self.stopping)
+                acks = await deliver_batch([to_record(m) for m in messages], batch_handler, group=sub.group,
+                                           retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping)
             else:
                 messages = [queue.popleft()]
-                acks = await deliver(to_record(messages[0]), sub.handler,  # type: ignore[arg-type]
-                                     group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
-                                     stopping=self.stopping)
+                acks = await deliver(to_record(messages[0]), sub.handler, group=sub.group, retry=sub.retry,
+                                     dead_letter=sub.dead_letter, stopping=self.stopping)
             if acks is None:
                 return
             if acks or self.unacked:
                 self.unacked.append((messages, acks))
+                self.unacked_records += len(messages)
                 if not await self._settle(limit - 1):
                     return
             else:
@@ -143,7 +143,7 @@ class _PartitionWorker:
         while unacked:
             messages, acks = unacked[0]
             if not all(ack.done() for ack in acks):
-                if len(unacked) <= keep:
+                if self.unacked_records <= keep:
                     return True
                 await asyncio.wait(acks)
             error = first_error(acks)
@@ -151,6 +151,7 @@ class _PartitionWorker:
                 if not handle_again or not await self._handle_again(messages, error):
                     return False
             unacked.popleft()
+            self.unacked_records -= len(messages)
             self.done = messages[-1].offset + 1
         return True
 
@@ -163,8 +164,7 @@ class _PartitionWorker:
             return False
         log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=messages[0].offset,
                     records=len(messages), partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
-        single = one_at_a_time(sub.handler) if sub.max_batch > 1 else sub.handler  # type: ignore[arg-type]
-        handler = awaiting_acks(single, transient_publish_error)  # type: ignore[arg-type]
+        handler = awaiting_acks(sub.handler, transient_publish_error)
         for message in messages:
             if await deliver(to_record(message), handler, group=sub.group, retry=sub.retry,
                              dead_letter=sub.dead_letter, stopping=self.stopping) is None:
@@ -200,7 +200,7 @@ class KafkaSubscription(Subscription):
         self.topic = topic
         self.group = group
         self.member = member
-        self.handler = handler
+        self.handler, self.batch_handler = split_handler(handler, max_batch)
         self.max_batch = max_batch
         self.retry = retry
         self.dead_letter = dead_letter

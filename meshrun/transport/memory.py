@@ -33,11 +33,10 @@ from meshrun.transport.base import (
 )
 from meshrun.transport.delivery import (
     awaiting_acks,
-    check_max_batch,
     deliver,
     deliver_batch,
     first_error,
-    one_at_a_time,
+    split_handler,
     transient_error,
 )
 from meshrun.transport.partitioner import partition_for
@@ -104,7 +103,7 @@ class MemorySubscription(Subscription):
         self.topic = topic.config.name
         self.group = group.name
         self.member = member
-        self.handler = handler
+        self.handler, self.batch_handler = split_handler(handler, max_batch)
         self.max_batch = max_batch
         self.retry = retry
         self.start_from = start_from
@@ -168,8 +167,7 @@ class MemorySubscription(Subscription):
         """Deliver one partition's records in order; commit each offset once its handler is done."""
         committed = self._group.committed
         key = (self.topic, part.index)
-        batched = self.max_batch > 1
-        handler: Handler = one_at_a_time(self.handler) if batched else self.handler  # type: ignore[arg-type]
+        handler, batch_handler = self.handler, self.batch_handler
         while not stop.is_set():
             position = committed[key]
             if position < part.log_start:
@@ -180,10 +178,10 @@ class MemorySubscription(Subscription):
                 await part.wait(part.waiters)
                 continue
             first = position - part.log_start
-            if batched:
-                records = list(islice(part.records, first, first + self.max_batch))
-                acks = await deliver_batch(records, self.handler, group=self.group,  # type: ignore[arg-type]
-                                           retry=self.retry, dead_letter=self.transport._dead_letter, stopping=stop)
+            if batch_handler is not None:
+                records = _window(part.records, first, first + self.max_batch)
+                acks = await deliver_batch(records, batch_handler, group=self.group, retry=self.retry,
+                                           dead_letter=self.transport._dead_letter, stopping=stop)
             else:
                 records = [part.records[first]]
                 acks = await deliver(records[0], handler, group=self.group, retry=self.retry,
@@ -370,7 +368,6 @@ class InMemoryTransport(Transport):
     async def subscribe(self, topic: str, group: str, handler: Handler | BatchHandler, *, retry: RetryConfig,
                         start_from: StartFrom = "earliest", member: str = "", max_batch: int = 1) -> Subscription:
         self._require_started()
-        check_max_batch(max_batch)
         t = self._topic(topic)
         g = self._groups.get(group)
         if g is None:
@@ -444,6 +441,17 @@ class InMemoryTransport(Transport):
             if part.space_waiters:  # moved forward past what held retention: publishers may go on
                 self._free_space(part)
         return result
+
+
+def _window(records: deque[Record], start: int, stop: int) -> list[Record]:
+    """records[start:stop], walking from the nearer end: a deque is slow to index far from both of its ends, and a
+    consumer is usually near the newest records."""
+    stop = min(stop, len(records))
+    if start <= len(records) - stop:
+        return list(islice(records, start, stop))
+    window = list(islice(reversed(records), len(records) - stop, len(records) - start))
+    window.reverse()
+    return window
 
 
 def _time_up(room: asyncio.Future[bool]) -> None:

@@ -16,6 +16,7 @@ from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
 from meshrun.transport.base import Headers, Record
+from meshrun.transport.delivery import split_handler
 from meshrun.transport.kafka_subscription import _PartitionWorker
 from tests.polling import eventually
 
@@ -58,11 +59,12 @@ class ScriptedBatchHandler:
 
 def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1) -> _PartitionWorker:
     sub = SimpleNamespace(
-        topic=TOPIC, group="billing-group", handler=handler, max_batch=max_batch,
+        topic=TOPIC, group="billing-group", max_batch=max_batch,
         retry=RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05),
         dead_letter=None, resume=lambda worker: None,
         options=SimpleNamespace(max_unacked_per_partition=max_unacked, max_buffered_per_partition=1000),
     )
+    sub.handler, sub.batch_handler = split_handler(handler, max_batch)
     return _PartitionWorker(sub, partition=0, position=0)  # type: ignore[arg-type]
 
 

@@ -210,3 +210,14 @@ async def test_a_handler_that_returns_a_value_does_not_stop_its_partition():
     await eventually(lambda: handled == [0, 1, 2])
     await eventually(lambda: transport._groups["g"].committed[("in", 0)] == 3)
     await transport.stop()
+
+
+def test_a_window_of_stored_records_is_the_same_read_from_either_end() -> None:
+    from collections import deque
+
+    from meshrun.transport.base import Record
+    from meshrun.transport.memory import _window
+
+    stored = deque(Record("t", 0, offset, None, b"") for offset in range(200))
+    for start, stop in [(0, 5), (3, 103), (150, 160), (190, 250), (199, 200), (200, 210), (100, 100)]:
+        assert [r.offset for r in _window(stored, start, stop)] == list(range(start, min(stop, 200)))
