@@ -116,7 +116,8 @@ class KafkaTransport(Transport):
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Headers = ()) -> RecordMetadata:
         producer = self._require_started()
-        await self._partition_count(topic)
+        if topic not in self._partitions:  # checked once per topic (a coroutine call per publish costs)
+            await self._partition_count(topic)
         try:
             # send() only queues the record in a batch; awaiting its future waits for this record's ack, so
             # concurrent publishers share requests to the broker instead of waiting for each other.
@@ -131,7 +132,8 @@ class KafkaTransport(Transport):
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
                    headers: Headers = ()) -> asyncio.Future[Any]:
         producer = self._require_started()
-        await self._partition_count(topic)
+        if topic not in self._partitions:
+            await self._partition_count(topic)
         try:
             # Returns once the record is in the producer's batch for its partition (in call order); the future
             # resolves with the broker's acknowledgement.

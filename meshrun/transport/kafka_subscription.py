@@ -49,15 +49,11 @@ DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
 
 
 def to_record(message: ConsumerRecord[bytes, bytes]) -> Record:
-    return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value if message.value is not None else b"",
-        headers=tuple((k, v if v is not None else b"") for k, v in message.headers),
-        timestamp_ms=message.timestamp,
-    )
+    headers = tuple(message.headers)
+    if any(v is None for _, v in headers):  # a header without a value (Kafka allows it) reads as empty
+        headers = tuple((k, v if v is not None else b"") for k, v in headers)
+    return Record(message.topic, message.partition, message.offset, message.key,
+                  message.value if message.value is not None else b"", headers, message.timestamp)
 
 
 class _PartitionWorker:
