@@ -25,7 +25,16 @@ from meshrun.logs import flush_logs, mesh_logger, service_logger
 from meshrun.registry import LoadedService, load_services
 from meshrun.service import BatchEventHandler, EventHandler, Subscriber
 from meshrun.transport import create_transport
-from meshrun.transport.base import Acks, BatchHandler, Handler, Record, ResetTarget, Subscription, SubscriptionState, Transport
+from meshrun.transport.base import (
+    Acks,
+    BatchHandler,
+    Handler,
+    Record,
+    ResetTarget,
+    Subscription,
+    SubscriptionState,
+    Transport,
+)
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 
 

@@ -1,9 +1,10 @@
 """The User service: POST /notify-user with a machine token (scope users.notify) records a notification once;
 POST /notify-users records a list of them in one request (what Notification sends when invoices queue up).
 
-The Idempotency-Key header (the invoice id; in a list, each notification's invoice id) makes a retried call a no-op. Notifications are kept in memory, bounded:
-the last `keep_notifications` in full (GET /notifications lists them; an operator endpoint on the mesh host), and
-the idempotency keys and order ids of the last `remember_notifications`.
+The Idempotency-Key header (the invoice id; in a list, each notification's invoice id) makes a retried call a
+no-op. Notifications are kept in memory, bounded: the last `keep_notifications` in full (GET /notifications lists
+them; an operator endpoint on the mesh host), and the idempotency keys and order ids of the last
+`remember_notifications`.
 """
 from __future__ import annotations
 
