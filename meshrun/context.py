@@ -129,7 +129,8 @@ class BatchContext(EventContext):
 
     `log` is bound with the topic, the partition and the range of offsets; `log_for(i)` with the topic, partition,
     offset, event id and trace id of the i-th event, as an EventContext's log. `publish` works as in an
-    EventContext: the batch is committed once everything published while handling it is durable.
+    EventContext: the batch is committed once everything published while handling it is durable. `record` is the
+    last record of the list.
     """
 
     __slots__ = ("records", "_bind")

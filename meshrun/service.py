@@ -86,9 +86,10 @@ class Service:
 
         With `batch=N` (N > 1) the handler receives a list of up to N events of one partition, in order, and a
         BatchContext: whatever is waiting when it is free, never waiting for a list to fill, so one event at a
-        time when traffic is light. If it raises, each event of the list is handed to it again alone (a list of
-        one) under the retry policy: a bad event is dead-lettered alone and the others may be handled twice, so
-        the handler must be idempotent per event, as every handler must for redeliveries.
+        time when traffic is light. If it raises RetryLater, the list is retried as it is; anything else, and each
+        event of the list is handed to it again alone (a list of one) under the retry policy: a bad event is
+        dead-lettered alone and the others may be handled twice, so the handler must be idempotent per event, as
+        every handler must for redeliveries.
         """
         check_max_batch(batch)
 

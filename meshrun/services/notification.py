@@ -8,6 +8,7 @@ id) makes a retried call a single notification.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,6 +24,7 @@ from meshrun.settings import settings_from
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOTIFY_BATCH = 100  # invoices per POST /notify-users at most; the User service takes up to 500
+ASK_AGAIN_AFTER = 300.0  # seconds before a User service that answered 404 to POST /notify-users is asked again
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ async def create_token_source(ctx: ServiceContext) -> None:
     users_url = (s.users_url or ctx.url_of("users")).rstrip("/")
     ctx.state["notify_url"] = f"{users_url}/notify-user"
     ctx.state["notify_batch_url"] = f"{users_url}/notify-users"
-    ctx.state["batch_endpoint"] = True  # until the User service answers 404 to it (a version without it)
+    ctx.state["batch_endpoint_from"] = 0.0  # monotonic time from which POST /notify-users is used
 
 
 @service.route("GET", "/stats")
@@ -126,25 +128,29 @@ async def _notify_many(ctx: ServiceContext, invoices: list[InvoiceIssued]) -> li
     body = orjson.dumps({"notifications": [_notification(invoice) for invoice in invoices]})
     status, answer = await _call_users(ctx, ctx.state["notify_batch_url"], body, {})
     if status == 404:
-        ctx.state["batch_endpoint"] = False
+        # An older User service, or one being upgraded behind a proxy: ask it again in a while.
+        ctx.state["batch_endpoint_from"] = time.monotonic() + ASK_AGAIN_AFTER
         ctx.log.warning("notify_batch_endpoint_missing", url=ctx.state["notify_batch_url"],
-                        fallback="one POST /notify-user per invoice")
+                        fallback="one POST /notify-user per invoice", ask_again_in_s=ASK_AGAIN_AFTER)
         return None
     try:
         results = orjson.loads(answer)["results"]
-        if len(results) != len(invoices):
-            raise ValueError(f"{len(results)} results for {len(invoices)} notifications")
+        if [result["invoice_id"] for result in results] != [invoice.invoice_id for invoice in invoices]:
+            raise ValueError(f"{len(results)} results that do not name the {len(invoices)} invoices sent, in order")
+        if any(result["status"] not in ("notified", "duplicate") for result in results):
+            raise ValueError(f"a status other than notified or duplicate: {results!r:.300}")
         return [result["status"] == "duplicate" for result in results]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        # Recorded or not, we cannot tell: retried, and the idempotency keys keep that to one notification each.
-        raise RetryLater(f"User service answered POST /notify-users with an unexpected body: {exc!r}") from exc
+        # Which were recorded we cannot tell: the batch fails, and each invoice is sent again alone to
+        # POST /notify-user, where the idempotency keys keep that to one notification each.
+        raise NotifyRejected(f"User service answered POST /notify-users with an unexpected body: {exc!r}") from exc
 
 
 @service.subscribe(INVOICE_EVENTS, event=InvoiceIssued, batch=NOTIFY_BATCH)
 async def notify_users(invoices: list[InvoiceIssued], ctx: BatchContext) -> None:
     service_ctx = ctx.service
     duplicates = None
-    if len(invoices) > 1 and service_ctx.state["batch_endpoint"]:
+    if len(invoices) > 1 and time.monotonic() >= service_ctx.state["batch_endpoint_from"]:
         duplicates = await _notify_many(service_ctx, invoices)
     if duplicates is None:
         duplicates = [await _notify_one(service_ctx, invoice) for invoice in invoices]

@@ -199,31 +199,67 @@ async def deliver_batch(
     retry: RetryConfig,
     dead_letter: DeadLetter,
     stopping: asyncio.Event,
+    transient: Callable[[BaseException], bool],
 ) -> Acks | None:
     """Hand consecutive records of one partition to a batch handler at once; what `deliver` is for one record.
 
-    A batch that fails is not retried as a whole: each of its records is handed to the handler again on its own,
-    under the retry policy, so one bad record is retried and dead-lettered alone while the others go through. The
-    records before it may be handled twice (at least once, as after any failure). None when a stop was requested
-    before every record was done: none of the batch is committed then, and all of it is redelivered later.
+    RetryLater (a dependency is down) retries the batch as it is, without limit: split into one call per record it
+    would multiply the load on a dependency that is already failing. Any other failure hands each record to the
+    handler again on its own (`deliver_each`), so one bad record is retried and dead-lettered alone while the others
+    go through, each of them possibly twice (at least once, as after any failure). Returns the acknowledgements the
+    batch's publishes still wait for; None when a stop was requested first (nothing of the batch is committed then,
+    and all of it is redelivered later).
     """
-    if len(records) > 1:
+    single = one_at_a_time(handler)
+    if len(records) == 1:
+        return await deliver(records[0], single, group=group, retry=retry, dead_letter=dead_letter,
+                             stopping=stopping)
+    where = dict(topic=records[0].topic, partition=records[0].partition,
+                 offsets=f"{records[0].offset}-{records[-1].offset}", group=group)
+    waits = 0
+    delay = retry.backoff_initial
+    while True:
         try:
-            return _acks_of(await handler(records))
+            acks = _acks_of(await handler(records))
+            if waits:
+                log.info("handler_recovered", retries=waits, **where)
+            return acks
         except asyncio.CancelledError:
             raise
+        except RetryLater as exc:
+            waits += 1
+            if waits == 1 or waits % 20 == 0:
+                log.warning("handler_waiting_for_dependency", error=str(exc), retries=waits, **where)
+            if await _wait_or_stop(stopping, delay):
+                return None
+            delay = min(delay * 2, retry.backoff_max)
         except BaseException as exc:  # noqa: BLE001 - handled again one record at a time
-            log.warning("batch_failed_handling_one_at_a_time", error=repr(exc), topic=records[0].topic,
-                        partition=records[0].partition, offsets=f"{records[0].offset}-{records[-1].offset}",
-                        group=group)
-    single = one_at_a_time(handler)
-    pending: list[asyncio.Future[object]] = []
+            log.warning("batch_failed_handling_one_at_a_time", error=repr(exc), **where)
+            break
+    done = await deliver_each(records, single, transient=transient, group=group, retry=retry,
+                              dead_letter=dead_letter, stopping=stopping)
+    return () if done else None
+
+
+async def deliver_each(
+    records: Sequence[Record],
+    handler: Handler,
+    *,
+    transient: Callable[[BaseException], bool],
+    group: str,
+    retry: RetryConfig,
+    dead_letter: DeadLetter,
+    stopping: asyncio.Event,
+) -> bool:
+    """Deliver records one at a time, each finished before the next: handled, or dead-lettered, and what it
+    published acknowledged (a failed publish follows the retry policy, see `awaiting_acks`). Once this returns, no
+    record is handled again because another one's publish failed. False if a stop was requested first."""
+    awaited = awaiting_acks(handler, transient)
     for record in records:
-        acks = await deliver(record, single, group=group, retry=retry, dead_letter=dead_letter, stopping=stopping)
-        if acks is None:
-            return None
-        pending.extend(acks)
-    return pending
+        if await deliver(record, awaited, group=group, retry=retry, dead_letter=dead_letter,
+                         stopping=stopping) is None:
+            return False
+    return True
 
 
 def check_max_batch(max_batch: int) -> None:

@@ -34,13 +34,14 @@ from meshrun.transport.base import (
     SubscriptionState,
 )
 from meshrun.transport.delivery import (
-    awaiting_acks,
     deliver,
     deliver_batch,
+    deliver_each,
     first_error,
     split_handler,
     transient_error,
 )
+from meshrun.transport.kafka_fetch import FetchPacing
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
 
 log = structlog.get_logger("meshrun.transport.kafka")
@@ -114,7 +115,8 @@ class _PartitionWorker:
             if batch_handler is not None:
                 messages = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
                 acks = await deliver_batch([to_record(m) for m in messages], batch_handler, group=sub.group,
-                                           retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping)
+                                           retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping,
+                                           transient=transient_publish_error)
             else:
                 messages = [queue.popleft()]
                 acks = await deliver(to_record(messages[0]), sub.handler, group=sub.group, retry=sub.retry,
@@ -160,12 +162,9 @@ class _PartitionWorker:
             return False
         log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=messages[0].offset,
                     records=len(messages), partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
-        handler = awaiting_acks(sub.handler, transient_publish_error)
-        for message in messages:
-            if await deliver(to_record(message), handler, group=sub.group, retry=sub.retry,
-                             dead_letter=sub.dead_letter, stopping=self.stopping) is None:
-                return False
-        return True
+        return await deliver_each([to_record(m) for m in messages], sub.handler, transient=transient_publish_error,
+                                  group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
+                                  stopping=self.stopping)
 
 
 def transient_publish_error(error: BaseException) -> bool:
@@ -209,6 +208,8 @@ class KafkaSubscription(Subscription):
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._fetch_task: asyncio.Task[None] | None = None
+        self._pacing = FetchPacing(self.consumer, options.consumer["fetch_min_bytes"],
+                                   options.consumer["fetch_max_wait_ms"], enabled=options.idle_long_poll)
         self._where = dict(topic=topic, group=group, member=member)
 
     @property
@@ -255,6 +256,7 @@ class KafkaSubscription(Subscription):
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            self._pacing.fetched(sum(len(messages) for messages in batch.values()), time.monotonic())
             for tp, messages in batch.items():
                 worker = self._workers.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
                 worker.feed(messages)

@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from itertools import islice
 from datetime import datetime
 from typing import Sequence
 
@@ -32,9 +31,9 @@ from meshrun.transport.base import (
     Transport,
 )
 from meshrun.transport.delivery import (
-    awaiting_acks,
     deliver,
     deliver_batch,
+    deliver_each,
     first_error,
     split_handler,
     transient_error,
@@ -181,7 +180,8 @@ class MemorySubscription(Subscription):
             if batch_handler is not None:
                 records = _window(part.records, first, first + self.max_batch)
                 acks = await deliver_batch(records, batch_handler, group=self.group, retry=self.retry,
-                                           dead_letter=self.transport._dead_letter, stopping=stop)
+                                           dead_letter=self.transport._dead_letter, stopping=stop,
+                                           transient=transient_error)
             else:
                 records = [part.records[first]]
                 acks = await deliver(records[0], handler, group=self.group, retry=self.retry,
@@ -191,11 +191,10 @@ class MemorySubscription(Subscription):
             if acks:  # never from this transport's own sends, which are durable when they return
                 await asyncio.wait(acks)
                 if first_error(acks) is not None:  # handle them again, publishes awaited, under the retry policy
-                    for record in records:
-                        if await deliver(record, awaiting_acks(handler, transient_error), group=self.group,
-                                         retry=self.retry, dead_letter=self.transport._dead_letter,
-                                         stopping=stop) is None:
-                            return
+                    if not await deliver_each(records, handler, transient=transient_error, group=self.group,
+                                              retry=self.retry, dead_letter=self.transport._dead_letter,
+                                              stopping=stop):
+                        return
             # A replay may have moved the offset while the handler ran; only advance from where we read.
             if committed[key] == position:
                 committed[key] = position + len(records)
@@ -448,8 +447,8 @@ def _window(records: deque[Record], start: int, stop: int) -> list[Record]:
     consumer is usually near the newest records."""
     stop = min(stop, len(records))
     if start <= len(records) - stop:
-        return list(islice(records, start, stop))
-    window = list(islice(reversed(records), len(records) - stop, len(records) - start))
+        return list(itertools.islice(records, start, stop))
+    window = list(itertools.islice(reversed(records), len(records) - stop, len(records) - start))
     window.reverse()
     return window
 

@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
 from meshrun.transport.base import Headers, Record
-from meshrun.transport.delivery import split_handler
+from meshrun.transport.delivery import PoisonEvent, RetryLater, split_handler
 from meshrun.transport.kafka_subscription import _PartitionWorker
 from tests.polling import eventually
 
@@ -237,15 +237,63 @@ async def test_a_record_whose_publish_keeps_being_refused_is_dead_lettered_alone
     await stop(worker)
 
 
-async def test_a_failing_batch_is_handed_over_one_record_at_a_time_and_done_waits_for_their_acks() -> None:
+async def test_a_failing_batch_is_handed_over_one_record_at_a_time_each_finished_before_the_next() -> None:
     handler = ScriptedBatchHandler(fail_batches=True)
     worker = worker_for(handler, max_batch=3)
     worker.feed(records(0, 1, 2))
-    await eventually(lambda: handler.batches == [[0, 1, 2], [0], [1], [2]])
-    handler.acks[0][0].set_result(None)
-    handler.acks[2][0].set_result(None)
-    await settle()
-    assert worker.done == 0  # record 1's publish is still unacknowledged
-    handler.acks[1][0].set_result(None)
+    for handled_alone in ([0], [1], [2]):
+        await eventually(lambda: handler.batches[-1:] == [handled_alone])  # noqa: B023
+        await settle()
+        assert handler.batches[-1] == handled_alone  # the next record waits for this one's acknowledgement
+        assert worker.done == 0
+        handler.acks[-1][0].set_result(None)
     await eventually(lambda: worker.done == 3)
+    assert handler.batches == [[0, 1, 2], [0], [1], [2]]
+    await stop(worker)
+
+
+async def test_a_record_dead_lettered_from_a_failed_batch_is_not_handled_again_when_another_publish_fails() -> None:
+    """Offset 2 cannot be handled (the batch fails, it is dead-lettered); offset 0's publish times out once. Offset 0
+    is handled again until acknowledged; offset 2 goes to the dead-letter topic once, and is not handled again."""
+    handled: list[list[int]] = []
+    dead: list[int] = []
+    timed_out: list[int] = []
+
+    async def handle(batch: Sequence[Record]) -> list[asyncio.Future[Any]]:
+        handled.append([record.offset for record in batch])
+        if any(record.offset == 2 for record in batch):
+            raise PoisonEvent("offset 2 does not decode")
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if batch[0].offset == 0 and not timed_out:
+            timed_out.append(0)
+            ack.set_exception(KafkaTimeoutError("no acknowledgement in time"))
+        else:
+            ack.set_result(None)
+        return [ack]
+
+    async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
+        dead.append(record.offset)
+
+    worker = worker_for(handle, max_batch=4)
+    worker.sub.dead_letter = dead_letter
+    worker.feed(records(0, 1, 2, 3))
+    await eventually(lambda: worker.done == 4)
+    assert dead == [2]
+    assert handled == [[0, 1, 2, 3], [0], [0], [1], [2], [3]]
+    await stop(worker)
+
+
+async def test_retry_later_retries_a_batch_whole_instead_of_one_call_per_record() -> None:
+    """A dependency that is down is not asked once per record of the batch: the batch waits, then goes through."""
+    handled: list[list[int]] = []
+
+    async def handle(batch: Sequence[Record]) -> None:
+        handled.append([record.offset for record in batch])
+        if len(handled) <= 3:
+            raise RetryLater("the User service answered 503")
+
+    worker = worker_for(handle, max_batch=5)
+    worker.feed(records(0, 1, 2, 3, 4))
+    await eventually(lambda: worker.done == 5)
+    assert handled == [[0, 1, 2, 3, 4]] * 4
     await stop(worker)

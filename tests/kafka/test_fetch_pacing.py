@@ -1,0 +1,77 @@
+"""An idle Kafka consumer long-polls (a fetch answered at its first record) instead of a hundred empty fetches a
+second; once records flow it waits for batches again. The switching rule on its own, then on a real broker."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
+from meshrun.transport.base import Record
+from meshrun.transport.kafka import KafkaTransport
+from meshrun.transport.kafka_fetch import IDLE_AFTER, IDLE_WAIT_MS, FetchPacing
+from meshrun.transport.kafka_options import KafkaClientOptions
+from meshrun.transport.kafka_subscription import KafkaSubscription
+from tests.kafka.broker import kafka_transport, unique
+from tests.polling import eventually
+
+
+def consumer_with_fetcher() -> SimpleNamespace:
+    return SimpleNamespace(_fetcher=SimpleNamespace(_fetch_min_bytes=65536, _fetch_max_wait_ms=10))
+
+
+def test_a_consumer_without_records_for_a_while_long_polls_and_the_next_record_switches_it_back() -> None:
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, 65536, 10, enabled=True)
+    pacing.fetched(5, now=100.0)
+    pacing.fetched(0, now=100.0 + IDLE_AFTER / 2)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (65536, 10)
+    pacing.fetched(0, now=100.0 + IDLE_AFTER)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS)
+    pacing.fetched(1, now=200.0)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (65536, 10)
+
+
+def test_fetch_options_set_in_the_config_are_left_alone() -> None:
+    options = KafkaClientOptions.from_config(KafkaTransportConfig("127.0.0.1:9092", {"fetch_max_wait_ms": 50}))
+    assert options.idle_long_poll is False
+    assert KafkaClientOptions.from_config(KafkaTransportConfig("127.0.0.1:9092", {})).idle_long_poll is True
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, 65536, 10, enabled=options.idle_long_poll)
+    pacing.fetched(0, now=1000.0)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (65536, 10)
+
+
+def test_an_aiokafka_without_those_fetcher_settings_keeps_the_busy_values() -> None:
+    pacing = FetchPacing(SimpleNamespace(_fetcher=SimpleNamespace()), 65536, 10, enabled=True)
+    pacing.fetched(0, now=1000.0)
+    assert pacing.enabled is False and pacing.idle is False
+
+
+@pytest.mark.kafka
+async def test_an_idle_member_long_polls_on_a_real_broker_and_a_record_wakes_it(bootstrap: str) -> None:
+    transport: KafkaTransport = kafka_transport(bootstrap)
+    await transport.start()
+    try:
+        topic = unique("pacing")
+        await transport.ensure_topics([TopicConfig(topic, 2)])
+        handled: list[bytes] = []
+
+        async def handle(record: Record) -> None:
+            handled.append(record.value)
+
+        sub = await transport.subscribe(topic, unique("group"), handle, retry=RetryConfig())
+        assert isinstance(sub, KafkaSubscription)
+        await sub.wait_joined(30)
+        fetcher = sub.consumer._fetcher  # the attributes this relies on must exist in the aiokafka we run
+        await eventually(lambda: (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS),
+                         what="the idle member to long-poll")
+        for i in range(20):
+            await transport.publish(topic, f"r{i}".encode(), key=f"k{i}".encode())
+        await eventually(lambda: not sub._pacing.idle and fetcher._fetch_min_bytes == 64 * 1024,
+                         what="the member to wait for batches while records flow")
+        await eventually(lambda: len(handled) == 20, what="every record published to the idle member")
+        await eventually(lambda: sub._pacing.idle, what="the member to long-poll again once idle")
+        await sub.stop(grace_period=5)
+    finally:
+        await transport.stop()
