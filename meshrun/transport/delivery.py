@@ -214,31 +214,35 @@ async def deliver_batch(
     if len(records) == 1:
         return await deliver(records[0], single, group=group, retry=retry, dead_letter=dead_letter,
                              stopping=stopping)
-    where = dict(topic=records[0].topic, partition=records[0].partition,
-                 offsets=f"{records[0].offset}-{records[-1].offset}", group=group)
     waits = 0
     delay = retry.backoff_initial
     while True:
         try:
             acks = _acks_of(await handler(records))
             if waits:
-                log.info("handler_recovered", retries=waits, **where)
+                log.info("handler_recovered", retries=waits, **_where_batch(records, group))
             return acks
         except asyncio.CancelledError:
             raise
         except RetryLater as exc:
             waits += 1
             if waits == 1 or waits % 20 == 0:
-                log.warning("handler_waiting_for_dependency", error=str(exc), retries=waits, **where)
+                log.warning("handler_waiting_for_dependency", error=str(exc), retries=waits,
+                            **_where_batch(records, group))
             if await _wait_or_stop(stopping, delay):
                 return None
             delay = min(delay * 2, retry.backoff_max)
         except BaseException as exc:  # noqa: BLE001 - handled again one record at a time
-            log.warning("batch_failed_handling_one_at_a_time", error=repr(exc), **where)
+            log.warning("batch_failed_handling_one_at_a_time", error=repr(exc), **_where_batch(records, group))
             break
     done = await deliver_each(records, single, transient=transient, group=group, retry=retry,
                               dead_letter=dead_letter, stopping=stopping)
     return () if done else None
+
+
+def _where_batch(records: Sequence[Record], group: str) -> dict[str, object]:
+    return dict(topic=records[0].topic, partition=records[0].partition,
+                offsets=f"{records[0].offset}-{records[-1].offset}", group=group)
 
 
 async def deliver_each(
