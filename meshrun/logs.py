@@ -72,6 +72,54 @@ class _LineWriter:
         self._stream.flush()
 
 
+class JsonServiceLogger:
+    """A service's logger when lines are JSON: what structlog's filtering bound logger does for the methods services
+    use (bind, debug, info, warning, error, exception), the same lines, without its general machinery. A busy mesh
+    writes several lines per order; structlog's bookkeeping was 1.5 us of the 3.6 us a line cost (timeit).
+    Everything else (the runtime, the transports, libraries) logs through structlog."""
+
+    __slots__ = ("_context", "_level", "_render", "_writer")
+
+    def __init__(self, context: dict[str, Any], level: int, render: "_JsonLine", writer: "_LineWriter") -> None:
+        self._context = context
+        self._level = level
+        self._render = render
+        self._writer = writer
+
+    def bind(self, **values: Any) -> "JsonServiceLogger":
+        return JsonServiceLogger({**self._context, **values}, self._level, self._render, self._writer)
+
+    def _write(self, method: str, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        line = {**self._context, **kw}  # bound values first, then the call's: the order structlog writes them in
+        line["event"] = event % args if args else event
+        self._writer.msg(self._render(None, method, line))
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> None:
+        if self._level <= logging.DEBUG:
+            self._write("debug", event, args, kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        if self._level <= logging.INFO:
+            self._write("info", event, args, kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        if self._level <= logging.WARNING:
+            self._write("warning", event, args, kw)
+
+    warn = warning
+
+    def error(self, event: str, *args: Any, **kw: Any) -> None:
+        if self._level <= logging.ERROR:
+            self._write("error", event, args, kw)
+
+    def exception(self, event: str, *args: Any, **kw: Any) -> None:
+        kw.setdefault("exc_info", True)
+        self.error(event, *args, **kw)
+
+    def critical(self, event: str, *args: Any, **kw: Any) -> None:
+        self._write("critical", event, args, kw)
+
+
 _writers: list[_LineWriter] = []
 
 
@@ -88,6 +136,7 @@ atexit.register(flush_logs)
 
 
 _level = [logging.INFO]  # the configured level, for mesh_logger
+_json: list[tuple[_JsonLine, _LineWriter]] = []  # the JSON renderer and writer, when lines are JSON
 
 
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
@@ -95,14 +144,17 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     _level[0] = LEVELS[level]
     shared: list[Any] = [structlog.processors.add_log_level, _UtcTimestamp()]
     if log_format == "json":
-        processors: list[Any] = [_JsonLine()]
+        render = _JsonLine()
+        processors: list[Any] = [render]
         # A 1 MiB buffer: off a terminal the lines leave in a few large writes per flush, not one per ~27 lines.
         stream = sys.stdout.buffer if sys.stdout.isatty() else open(sys.stdout.fileno(), "wb", buffering=1 << 20,
                                                                     closefd=False)
         writer = _LineWriter(stream, flush_each_line=sys.stdout.isatty())
         _writers[:] = [writer]
+        _json[:] = [(render, writer)]
         factory: Any = lambda *_: writer  # noqa: E731 - one shared writer for every logger
     else:
+        _json.clear()
         processors = shared + [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
@@ -125,6 +177,9 @@ def mesh_logger() -> Any:
 def service_logger(service: str) -> Any:
     """The logger of one service: every line it writes carries the service name (and the worker number of
     `meshrun up --workers N`)."""
+    if _json:
+        render, writer = _json[0]
+        return _named(JsonServiceLogger({}, _level[0], render, writer), service)
     return _named(structlog.get_logger("meshrun"), service)
 
 
