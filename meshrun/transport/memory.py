@@ -214,6 +214,7 @@ class InMemoryTransport(Transport):
         self._started = False
         self._member_ids = itertools.count(1)
         self._wake_batch = max(1, self.config.retention // 16)
+        self._trim_chunk = max(1, self.config.retention // 64)
 
     async def start(self) -> None:
         self._started = True
@@ -275,10 +276,12 @@ class InMemoryTransport(Transport):
 
     def _trim(self, part: _Partition) -> tuple[str | None, int]:
         """Drop the oldest records every group has consumed, until the partition has room for what is promised to
-        woken publishers and one more; the slowest group and its offset."""
+        woken publishers and a chunk more (retention/64): a full partition then takes that many publishes before
+        the groups' offsets are looked up again, instead of one. It keeps between retention - retention/64 and
+        retention records. Returns the slowest group and its offset."""
         group, slowest = self._slowest(part)
-        retention = self.config.retention
-        while part.records and part.log_start < slowest and len(part.records) + part.granted >= retention:
+        keep = self.config.retention - self._trim_chunk
+        while part.records and part.log_start < slowest and len(part.records) + part.granted > keep:
             part.records.popleft()
             part.log_start += 1
         return group, slowest

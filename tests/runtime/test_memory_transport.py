@@ -33,6 +33,29 @@ async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
     await transport.stop()
 
 
+async def test_a_full_partition_drops_consumed_records_a_chunk_at_a_time_and_keeps_close_to_retention():
+    transport = InMemoryTransport(MemoryTransportConfig(retention=640))  # chunks of 10
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("t", 1)])
+    seen: list[int] = []
+
+    async def handle(record: Record) -> None:
+        seen.append(record.offset)
+
+    await transport.subscribe("t", "g", handle, retry=RETRY)
+    part = transport._topics["t"].partitions[0]
+    kept: set[int] = set()
+    for i in range(2000):
+        await transport.publish("t", b"x", key=b"k")
+        if i >= 640:
+            kept.add(len(part.records))
+    await eventually(lambda: len(seen) == 2000)
+    assert seen == list(range(2000))
+    assert min(kept) >= 630 and max(kept) <= 640  # never above retention, never more than a chunk below it
+    assert part.log_start + len(part.records) == 2000
+    await transport.stop()
+
+
 async def test_a_slow_consumer_makes_publishers_wait_and_nothing_is_dropped():
     transport = InMemoryTransport(MemoryTransportConfig(retention=5, publish_timeout=10.0))
     await transport.start()
