@@ -21,10 +21,11 @@ from meshrun.http.server import CLAIMS, json_error, json_response
 from meshrun.services.events import ORDER_EVENTS, LineItem, OrderPlaced
 from meshrun.settings import settings_from
 
-ORDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
-TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+# \Z, not $: $ also matches before a final newline, and "123\n" is not an order id.
+ORDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+CURRENCY = re.compile(r"^[A-Z]{3}\Z")
+TRACE_ID = re.compile(r"^[0-9a-f]{32}\Z")
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE = 100_000_000  # minor units

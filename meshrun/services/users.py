@@ -22,7 +22,7 @@ from meshrun import Service, ServiceContext
 from meshrun.http.server import CLAIMS, json_error, json_response
 from meshrun.settings import settings_from
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")  # \Z, not $: $ also matches before a final newline
 FIELDS = {"invoice_id": str, "order_id": str, "user": str, "total": int, "currency": str, "trace_id": str}
 REQUIRED = ("invoice_id", "order_id", "user")
 MAX_NOTIFICATIONS_PER_REQUEST = 500

@@ -92,6 +92,9 @@ def test_order_with_items_and_currency():
     ("1", b'{"items": [{"sku": "A", "quantity": 1}]}', "items[0].unit_price"),
     ("1", b'{"items": [{"sku": "A", "quantity": 1, "unit_price": 1, "discount": 2}]}', "items[0].discount"),
     ("1", b'{"items": [{"sku": "", "quantity": 1, "unit_price": 1}]}', "items[0].sku"),
+    ("123\n", b"", "order_id"),
+    ("1", b'{"currency": "EUR\\n"}', "currency"),
+    ("1", b'{"items": [{"sku": "A\\n", "quantity": 1, "unit_price": 1}]}', "items[0].sku"),
 ])
 def test_bad_orders_name_the_field(order_id, body, field):
     with pytest.raises(OrderRejected) as info:
@@ -104,7 +107,8 @@ def test_notification_body_is_validated():
     assert ok["invoice_id"] == "INV-1"
     for body, field in [(b'{"order_id": "1", "user": "a"}', "invoice_id"),
                         (b'{"invoice_id": "I", "order_id": "1", "user": "a", "x": 1}', "x"),
-                        (b'{"invoice_id": "I", "order_id": "1", "user": "a", "total": "5"}', "total")]:
+                        (b'{"invoice_id": "I", "order_id": "1", "user": "a", "total": "5"}', "total"),
+                        (b'{"invoice_id": "I\\n", "order_id": "1", "user": "a"}', "invoice_id")]:
         with pytest.raises(NotificationRejected) as info:
             parse_notification(body)
         assert info.value.field == field
