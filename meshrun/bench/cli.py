@@ -34,6 +34,15 @@ def _check_accept_only(accept_only: bool, orders_workers: int, compare_raw: bool
         raise click.UsageError("--accept-only starts auth and orders itself: drop --split / --attach")
 
 
+def _check_rounds(rounds: int, attach: bool, accept_only: bool) -> None:
+    """Rounds restart the mesh and are compared end to end: what --attach and --accept-only do not do."""
+    if rounds > 1 and attach:
+        raise click.UsageError("--rounds and --attach exclude each other: each round starts and stops the mesh")
+    if rounds > 1 and accept_only:
+        raise click.UsageError("--rounds and --accept-only exclude each other: rounds are compared by their "
+                               "end-to-end figures")
+
+
 @click.command()
 @click.option("--config", "config_path", envvar="MESHRUN_CONFIG", default="services.toml", show_default=True,
               help="services.toml of the mesh to measure (env MESHRUN_CONFIG).")
@@ -65,6 +74,9 @@ def _check_accept_only(accept_only: bool, orders_workers: int, compare_raw: bool
 @click.option("--orders-workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --accept-only: run the Order service as `meshrun up --only orders --workers N`, N processes "
                    "sharing its port (auth then runs in a process of its own).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Repeat the whole measurement (start, measure, stop the mesh, then the floor) N times and report "
+                   "the median round by end-to-end meshrun/raw ratio (or meshrun's rate), with every round listed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the figures to this file as JSON.")
 @click.option("--user", default="alice", show_default=True, help="User whose token places the orders.")
@@ -84,7 +96,7 @@ def _check_accept_only(accept_only: bool, orders_workers: int, compare_raw: bool
               help="Progress line while it runs (default: when stdout is a terminal).")
 def bench(config_path: str, transport: str | None, orders: int | None, concurrency: int, rate: float | None,
           duration: float | None, warmup: int, attach: bool, pids: str | None, split: str | None,
-          compare_raw: bool, accept_only: bool, orders_workers: int, json_path: str | None, user: str,
+          compare_raw: bool, accept_only: bool, orders_workers: int, rounds: int, json_path: str | None, user: str,
           password_stdin: bool, drain_timeout: float, ready_timeout: float, mesh_log_level: str, keep_logs: bool,
           token_seconds: float, progress: bool | None) -> None:
     """Start the mesh, drive orders through the Order service, wait for every User notification, report.
@@ -94,6 +106,9 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
     end-to-end orders per second, end-to-end latency, memory of every process, the token endpoint's rate, the
     cost of verifying a token, machine tokens fetched, and events lost and doubled from the User service's own
     records. --compare-raw adds the framework-free floor measured in the same run.
+
+    --rounds N repeats all of it N times (meshrun then the floor in each round) and reports the median round, so
+    one drift of the machine does not make the ratio.
 
     --accept-only measures the Order service alone on Kafka: orders per second accepted (each answered after the
     broker acknowledged its event), latency to the answer, lost and doubled from the broker's count of records.
@@ -109,6 +124,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
         raise click.UsageError("--pids only makes sense with --attach")
     if split and attach:
         raise click.UsageError("--split starts processes; --attach measures running ones: choose one")
+    _check_rounds(rounds, attach, accept_only)
     _check_accept_only(accept_only, orders_workers, compare_raw, split, attach)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     try:
@@ -121,7 +137,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
         split=_split(split), compare_raw=compare_raw, user=user, password=password,
         drain_timeout=drain_timeout, ready_timeout=ready_timeout, log_level=mesh_log_level, keep_logs=keep_logs,
         token_seconds=token_seconds, progress=progress, command=" ".join(["meshrun", *sys.argv[1:]]),
-        accept_only=accept_only, orders_workers=orders_workers,
+        accept_only=accept_only, orders_workers=orders_workers, rounds=rounds,
     )
     try:
         report = run_bench(options)
@@ -132,7 +148,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
     if json_path:
         Path(json_path).write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
         click.echo(f"figures written to {json_path}", err=True)
-    if report.meshrun.lost or report.meshrun.doubled:
+    if any(report.lost_and_doubled()):  # in any round, not only the median one
         sys.exit(1)
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-REPORT_VERSION = 1
+# 2: `rounds` and `rounds_summary` added; with --rounds N the main figures are those of the median round, not the
+# only one, and lost/doubled of the whole command are the summary's sums.
+REPORT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,21 @@ class PipelineFigures:
     cpu: dict[str, float | None] = field(default_factory=dict)   # see probes.CpuMeter
 
 
+@dataclass(frozen=True, slots=True)
+class RoundFigures:
+    """One round of `--rounds N`: the figures the rounds are compared by (ratios are meshrun/raw, as in Report)."""
+
+    round: int
+    notified_per_second: float | None
+    pipeline_cpu_ms_per_order: float | None
+    lost: int
+    doubled: int
+    raw_notified_per_second: float | None = None
+    raw_pipeline_cpu_ms_per_order: float | None = None
+    notified_ratio: float | None = None
+    cpu_ratio: float | None = None
+
+
 @dataclass(slots=True)
 class Report:
     """One `meshrun bench` run: its environment, meshrun's figures, the probes and, with --compare-raw, the floor."""
@@ -101,6 +119,8 @@ class Report:
     machine_tokens_fetched: dict[str, int | None] | None = None
     raw: PipelineFigures | None = None
     notes: list[str] = field(default_factory=list)
+    rounds: list[RoundFigures] = field(default_factory=list)   # every round, in order (one without --rounds)
+    median_round: int | None = None                             # the round whose figures the report holds
 
     def ratios(self) -> dict[str, float] | None:
         """meshrun's figures divided by the floor's: above 1 is better for rates, worse for latencies and memory."""
@@ -123,11 +143,64 @@ class Report:
         put("pipeline_cpu_ms_per_order", m.cpu.get("pipeline_ms_per_order"), r.cpu.get("pipeline_ms_per_order"))
         return out
 
+    def round_figures(self, number: int) -> RoundFigures:
+        """This report's figures as round `number` of several."""
+        m, r, ratios = self.meshrun, self.raw, self.ratios() or {}
+        return RoundFigures(
+            round=number, notified_per_second=m.notified_per_second,
+            pipeline_cpu_ms_per_order=m.cpu.get("pipeline_ms_per_order"), lost=m.lost, doubled=m.doubled,
+            raw_notified_per_second=r.notified_per_second if r else None,
+            raw_pipeline_cpu_ms_per_order=r.cpu.get("pipeline_ms_per_order") if r else None,
+            notified_ratio=ratios.get("notified_per_second"), cpu_ratio=ratios.get("pipeline_cpu_ms_per_order"))
+
+    def rounds_summary(self) -> dict[str, Any] | None:
+        """Median and range over the rounds of what they are compared by, and lost and doubled summed."""
+        if not self.rounds:
+            return None
+        keys = ("notified_ratio", "cpu_ratio") if self.raw else ("notified_per_second", "pipeline_cpu_ms_per_order")
+        summary: dict[str, Any] = {"rounds": len(self.rounds), "median_round": self.median_round,
+                                   "lost": sum(x.lost for x in self.rounds),
+                                   "doubled": sum(x.doubled for x in self.rounds)}
+        for key in keys:
+            values = [v for v in (getattr(x, key) for x in self.rounds) if v is not None]
+            summary[key] = ({"median": round(statistics.median(values), 3), "min": min(values), "max": max(values)}
+                            if values else None)
+        return summary
+
+    def lost_and_doubled(self) -> tuple[int, int]:
+        """Orders lost and doubled over every round (the command fails if either is not 0)."""
+        if not self.rounds:
+            return self.meshrun.lost, self.meshrun.doubled
+        return sum(x.lost for x in self.rounds), sum(x.doubled for x in self.rounds)
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["report_version"] = REPORT_VERSION
         data["ratio_to_raw"] = self.ratios()
+        data["rounds_summary"] = self.rounds_summary()
         return data
+
+
+def median_of_rounds(reports: list[Report]) -> Report:
+    """The report of the median round, holding every round's figures.
+
+    The median is by the end-to-end meshrun/raw ratio (both measured in the same round, so the machine's drift
+    between rounds mostly cancels), or without the floor by meshrun's end-to-end rate. With an even number of
+    rounds it is the lower of the two middle ones: the less flattering to meshrun.
+    """
+    rounds = [report.round_figures(number) for number, report in enumerate(reports, 1)]
+
+    def key(x: RoundFigures) -> float:
+        value = x.notified_ratio if reports[0].raw else x.notified_per_second
+        return value if value is not None else 0.0
+
+    median = sorted(rounds, key=key)[(len(rounds) - 1) // 2]
+    report = reports[median.round - 1]
+    report.rounds, report.median_round = rounds, median.round
+    # A note of another round (a backlog, failed token requests) still concerns the figures of the summary.
+    report.notes += [f"round {n}: {note}" for n, other in enumerate(reports, 1) if other is not report
+                     for note in other.notes]
+    return report
 
 
 def _total(memory: list[ProcessMemory], attr: str) -> float | None:
@@ -224,16 +297,63 @@ def render_table(report: Report) -> str:
     row("token verification, first (us)", _num(tv.get("first_us"), 1))
     mt = report.machine_tokens_fetched or {}
     row("machine tokens fetched (run / total)", f"{mt.get('during_run', '-')} / {mt.get('total', '-')}")
-    widths = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-             for cells in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     env = report.environment
     title = (f"meshrun bench: {report.transport}, {m.mode} loop{', accept only' if m.accept_only else ''}, "
              f"commit {env.get('commit')}"
              f"{' (dirty)' if env.get('dirty') else ''}, {env.get('nproc')} cores, {env.get('cpu')}, "
              f"Python {env.get('python')}, {env.get('event_loop')}")
-    return "\n".join([title, *lines, *(f"note: {n}" for n in report.notes)])
+    if len(report.rounds) > 1:
+        by = "end-to-end meshrun/raw ratio" if r else "meshrun end-to-end rate"
+        title += f"\nfigures of round {report.median_round} of {len(report.rounds)}, the median by {by}"
+    return "\n".join([title, *_aligned(head, rows), *_rounds_lines(report),
+                      *(f"note: {n}" for n in report.notes)])
+
+
+def _aligned(head: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell: the first to the left, the others to the right, a rule under `head`."""
+    widths = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+             for cells in [head] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _rounds_lines(report: Report) -> list[str]:
+    """With several rounds: each round's rate and CPU per order (and the floor's, and the ratios), then the
+    median and range of what the rounds are compared by, and lost/doubled over all of them."""
+    summary = report.rounds_summary()
+    if summary is None or len(report.rounds) < 2:
+        return []
+    compared = report.raw is not None
+    head = ["round", "meshrun e2e/s", "CPU/order (ms)"]
+    if compared:
+        head += ["raw e2e/s", "raw CPU/order (ms)", "e2e ratio", "CPU ratio"]
+    rows: list[list[str]] = []
+    for x in report.rounds:
+        cells = [f"{x.round}{' (median)' if x.round == report.median_round else ''}",
+                 _num(x.notified_per_second), _num(x.pipeline_cpu_ms_per_order, 3)]
+        if compared:
+            cells += [_num(x.raw_notified_per_second), _num(x.raw_pipeline_cpu_ms_per_order, 3),
+                      _ratio(x.notified_ratio), _ratio(x.cpu_ratio)]
+        rows.append(cells)
+
+    def spread(label: str, key: str, show: Any) -> str:
+        s = summary[key]
+        return f"{label}: median {show(s['median'])}, min-max {show(s['min'])} - {show(s['max'])}" if s else \
+            f"{label}: -"
+
+    if compared:
+        spreads = [spread("end-to-end ratio", "notified_ratio", _ratio),
+                   spread("CPU per order ratio", "cpu_ratio", _ratio)]
+    else:
+        spreads = [spread("meshrun end to end per s", "notified_per_second", _num),
+                   spread("CPU per order (ms)", "pipeline_cpu_ms_per_order", lambda v: _num(v, 3))]
+    return ["", *_aligned(head, rows), *spreads,
+            f"events lost / doubled over the {summary['rounds']} rounds: {summary['lost']} / {summary['doubled']}"]
 
 
 class Progress:
@@ -242,6 +362,7 @@ class Progress:
     def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
         self.stream = stream or sys.stdout
         self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.round = ""   # "round i/N " while --rounds repeats the measurement, so the line says which one runs
         self._shown = False
 
     def update(self, label: str, done: int, total: int, detail: str = "") -> None:
@@ -250,7 +371,7 @@ class Progress:
         width = 30
         filled = int(width * done / total) if total else width
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{label:<10} [{bar}] {done:>7,}/{total:,} {detail}".ljust(110)[:140])
+        self.stream.write(f"\r{self.round}{label:<10} [{bar}] {done:>7,}/{total:,} {detail}".ljust(110)[:140])
         self.stream.flush()
         self._shown = True
 

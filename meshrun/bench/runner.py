@@ -34,6 +34,7 @@ from meshrun.bench.report import (
     Progress,
     Report,
     environment,
+    median_of_rounds,
 )
 from meshrun.config import KafkaTransportConfig, MeshConfig, load_config
 from meshrun.logs import configure_logging
@@ -67,6 +68,7 @@ class BenchOptions:
     command: str = "meshrun bench"
     accept_only: bool = False       # measure the Order service alone: answers only, nothing downstream runs
     orders_workers: int = 1         # accept-only: `meshrun up --only orders --workers N`
+    rounds: int = 1                 # whole measurements (mesh, then floor) repeated; the report is the median one
 
     @property
     def count(self) -> int:
@@ -102,6 +104,9 @@ def _load(options: BenchOptions) -> MeshConfig:
                          f"pipeline; missing: {', '.join(missing)}")
     if options.accept_only:
         _check_accept_only(config, options)
+    if options.rounds > 1 and (options.attach or options.accept_only):
+        raise BenchError("--rounds does not combine with --attach or --accept-only: each round starts the whole "
+                         "mesh and is compared by its end-to-end figures")
     if options.split:
         if config.transport != "kafka":
             raise BenchError("--split runs the mesh as several processes, which only the Kafka transport connects: "
@@ -439,11 +444,21 @@ def run_bench(options: BenchOptions) -> Report:
     report_args = {"command": options.command, "transport": config.transport, "config": config.file,
                    "environment": environment(), "mesh_log": {}}
 
-    async def go() -> Report:
-        report = await bench_mesh(config, options, workdir, report_args, progress)
+    async def one_round(number: int) -> Report:
+        where = workdir
+        if options.rounds > 1:
+            say(f"round {number}/{options.rounds}")
+            progress.round = f"round {number}/{options.rounds} "
+            where = workdir / f"round{number}"  # each round's logs, not the last one's only, for --keep-logs
+            where.mkdir()
+        report = await bench_mesh(config, options, where, report_args, progress)
         if options.compare_raw:
-            report.raw = await bench_raw(config, options, workdir, progress)
+            report.raw = await bench_raw(config, options, where, progress)
         return report
+
+    async def go() -> Report:
+        # Meshrun then the floor within each round, as with one round: the ratio compares neighbours in time.
+        return median_of_rounds([await one_round(n) for n in range(1, options.rounds + 1)])
 
     try:
         return run_loop(go)

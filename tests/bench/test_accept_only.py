@@ -79,7 +79,7 @@ def test_accept_only_counts_every_accepted_order_once_on_the_broker(tmp_path, po
     config = bench_config(tmp_path, ports, "kafka", {"bootstrap_servers": bootstrap, **TEST_OPTIONS},
                           suffix="-" + unique("accept"))
     report, table = run_accept_only(tmp_path, config, "--orders-workers", str(workers))
-    assert report["report_version"] == 1 and report["transport"] == "kafka"
+    assert report["report_version"] == 2 and report["transport"] == "kafka"
     assert_accept_only_figures(report["meshrun"], processes)
     assert len(report["mesh_log"]["mesh_ready_reported_seconds"]) == (1 if workers == 1 else 2)
     assert report["machine_tokens_fetched"] is None and report["token_endpoint_per_second"] is None

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from meshrun.bench.cli import bench
 from tests.conftest import ROOT, pipeline_data, write_toml
 
 NUMBER = (int, float)
@@ -57,7 +59,7 @@ def assert_pipeline_figures(figures: dict[str, Any], name: str, processes: int =
 
 
 def assert_report(report: dict[str, Any], transport: str, processes: int = 1) -> None:
-    assert report["report_version"] == 1 and report["transport"] == transport
+    assert report["report_version"] == 2 and report["transport"] == transport
     assert report["environment"]["nproc"] >= 1 and isinstance(report["environment"]["python"], str)
     assert report["mesh_log"]["format"] == "json" and report["mesh_log"]["level"] == "info"
     assert_pipeline_figures(report["meshrun"], "meshrun", processes)
@@ -74,6 +76,31 @@ def test_bench_drives_the_in_memory_mesh_and_loses_nothing(tmp_path, ports):
     assert_pipeline_figures(report["raw"], "raw")
     assert set(report["ratio_to_raw"]) >= {"accepted_per_second", "notified_per_second", "latency_p99"}
     assert "orders notified end to end per s" in result.stdout and "meshrun/raw" in result.stdout
+
+
+def test_rounds_repeat_the_mesh_and_the_floor_and_report_each_round(tmp_path, ports):
+    report, result = run_bench(tmp_path, ports, "--compare-raw", "--rounds", "2")
+    assert_report(report, "memory")
+    assert_pipeline_figures(report["raw"], "raw")
+    assert [r["round"] for r in report["rounds"]] == [1, 2] and report["median_round"] in (1, 2)
+    assert all((r["lost"], r["doubled"]) == (0, 0) for r in report["rounds"])
+    summary = report["rounds_summary"]
+    assert (summary["rounds"], summary["lost"], summary["doubled"]) == (2, 0, 0)
+    assert summary["notified_ratio"]["min"] <= summary["notified_ratio"]["median"] <= summary["notified_ratio"]["max"]
+    assert "round 1/2" in result.stderr and "round 2/2" in result.stderr
+    assert "e2e ratio" in result.stdout and "end-to-end ratio: median" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rounds", "3", "--attach"], "--rounds and --attach exclude each other"),
+    (["--rounds", "3", "--accept-only", "--transport", "kafka"], "--rounds and --accept-only exclude each other"),
+    (["--rounds", "0"], "0 is not in the range 1<=x<=20"),
+    (["--rounds", "21"], "21 is not in the range 1<=x<=20"),
+])
+def test_rounds_are_refused_where_they_mean_nothing(args, message):
+    # Refused while parsing the flags, before any config is read or anything started.
+    result = CliRunner().invoke(bench, ["--config", "missing.toml", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 @pytest.mark.kafka
