@@ -14,8 +14,9 @@ from tests.polling import eventually
 RETRY = RetryConfig(max_attempts=3, backoff_initial=0.01)
 
 
-async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
-    transport = InMemoryTransport(MemoryTransportConfig(retention=10))
+async def _one_partition_with_a_consumer(retention: int) -> tuple[InMemoryTransport, list[int]]:
+    """A started transport with topic "t" of one partition, and the offsets its one consumer has handled."""
+    transport = InMemoryTransport(MemoryTransportConfig(retention=retention))
     await transport.start()
     await transport.ensure_topics([TopicConfig("t", 1)])
     seen: list[int] = []
@@ -24,6 +25,11 @@ async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
         seen.append(record.offset)
 
     await transport.subscribe("t", "g", handle, retry=RETRY)
+    return transport, seen
+
+
+async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
+    transport, seen = await _one_partition_with_a_consumer(retention=10)
     for i in range(200):
         await transport.publish("t", b"x", key=b"k")
         await eventually(lambda: len(seen) == i + 1)
@@ -34,15 +40,7 @@ async def test_retention_keeps_memory_bounded_while_consumers_keep_up():
 
 
 async def test_a_full_partition_drops_consumed_records_a_chunk_at_a_time_and_keeps_close_to_retention():
-    transport = InMemoryTransport(MemoryTransportConfig(retention=640))  # chunks of 10
-    await transport.start()
-    await transport.ensure_topics([TopicConfig("t", 1)])
-    seen: list[int] = []
-
-    async def handle(record: Record) -> None:
-        seen.append(record.offset)
-
-    await transport.subscribe("t", "g", handle, retry=RETRY)
+    transport, seen = await _one_partition_with_a_consumer(retention=640)  # chunks of 10
     part = transport._topics["t"].partitions[0]
     kept: set[int] = set()
     for i in range(2000):
