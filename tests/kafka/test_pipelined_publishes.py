@@ -68,6 +68,18 @@ def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1) -> _
     return _PartitionWorker(sub, partition=0, position=0)  # type: ignore[arg-type]
 
 
+def worker_recording_dead_letters(handler: Any, *, max_batch: int) -> tuple[_PartitionWorker, list[int]]:
+    """A worker whose dead-letter topic is a list of the offsets sent to it."""
+    dead: list[int] = []
+
+    async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
+        dead.append(record.offset)
+
+    worker = worker_for(handler, max_batch=max_batch)
+    worker.sub.dead_letter = dead_letter
+    return worker, dead
+
+
 def records(*offsets: int) -> list[ConsumerRecord[bytes, bytes]]:
     return [ConsumerRecord(topic=TOPIC, partition=0, offset=o, timestamp=0, timestamp_type=0, key=b"k",
                            value=b"{}", checksum=None, serialized_key_size=1, serialized_value_size=2, headers=[])
@@ -214,7 +226,6 @@ async def test_a_refused_publish_of_a_batch_makes_each_of_its_records_be_handled
 
 async def test_a_record_whose_publish_keeps_being_refused_is_dead_lettered_alone_and_its_batch_goes_through() -> None:
     handled: list[list[int]] = []
-    dead: list[int] = []
 
     async def refuse_batches_and_record_1(batch: Sequence[Record]) -> list[asyncio.Future[Any]]:
         handled.append([record.offset for record in batch])
@@ -225,11 +236,7 @@ async def test_a_record_whose_publish_keeps_being_refused_is_dead_lettered_alone
             ack.set_result(None)
         return [ack]
 
-    async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
-        dead.append(record.offset)
-
-    worker = worker_for(refuse_batches_and_record_1, max_batch=3)
-    worker.sub.dead_letter = dead_letter
+    worker, dead = worker_recording_dead_letters(refuse_batches_and_record_1, max_batch=3)
     worker.feed(records(0, 1, 2))
     await eventually(lambda: worker.done == 3)
     assert dead == [1]
@@ -256,7 +263,6 @@ async def test_a_record_dead_lettered_from_a_failed_batch_is_not_handled_again_w
     """Offset 2 cannot be handled (the batch fails, it is dead-lettered); offset 0's publish times out once. Offset 0
     is handled again until acknowledged; offset 2 goes to the dead-letter topic once, and is not handled again."""
     handled: list[list[int]] = []
-    dead: list[int] = []
     timed_out: list[int] = []
 
     async def handle(batch: Sequence[Record]) -> list[asyncio.Future[Any]]:
@@ -271,11 +277,7 @@ async def test_a_record_dead_lettered_from_a_failed_batch_is_not_handled_again_w
             ack.set_result(None)
         return [ack]
 
-    async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
-        dead.append(record.offset)
-
-    worker = worker_for(handle, max_batch=4)
-    worker.sub.dead_letter = dead_letter
+    worker, dead = worker_recording_dead_letters(handle, max_batch=4)
     worker.feed(records(0, 1, 2, 3))
     await eventually(lambda: worker.done == 4)
     assert dead == [2]
