@@ -9,7 +9,15 @@ import pytest
 from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
 from meshrun.transport.base import Record
 from meshrun.transport.kafka import KafkaTransport
-from meshrun.transport.kafka_fetch import IDLE_AFTER, IDLE_WAIT_MS, FetchPacing
+from meshrun.transport.kafka_fetch import (
+    HEAVY_RATE,
+    HEAVY_WAIT_MS,
+    IDLE_AFTER,
+    IDLE_WAIT_MS,
+    RATE_WINDOW,
+    FetchPacing,
+    Pace,
+)
 from meshrun.transport.kafka_options import KafkaClientOptions
 from meshrun.transport.kafka_subscription import KafkaSubscription
 from tests.kafka.broker import kafka_transport, unique
@@ -30,6 +38,53 @@ def test_a_consumer_without_records_for_a_while_long_polls_and_the_next_record_s
     assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS)
     pacing.fetched(1, now=200.0)
     assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (65536, 10)
+
+
+def poll_at_rate(pacing: FetchPacing, rate: float, start: float, seconds: float, polls_per_second: int = 100) -> float:
+    """Polls every 1/polls_per_second s, each returning what arrived meanwhile at `rate` records a second."""
+    now = start
+    for _ in range(int(seconds * polls_per_second)):
+        now += 1 / polls_per_second
+        pacing.fetched(round(rate / polls_per_second), now)
+    return now
+
+
+def fetch_settings(consumer: SimpleNamespace) -> tuple[int, int]:
+    return consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms
+
+
+def test_heavy_traffic_makes_fetches_wait_longer_and_light_traffic_brings_the_short_wait_back() -> None:
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, 65536, 10, enabled=True)
+    now = poll_at_rate(pacing, HEAVY_RATE * 0.8, start=100.0, seconds=3 * RATE_WINDOW)
+    assert pacing.pace is Pace.BUSY and fetch_settings(consumer) == (65536, 10)
+    now = poll_at_rate(pacing, HEAVY_RATE * 2, start=now, seconds=RATE_WINDOW / 2)
+    assert pacing.pace is Pace.BUSY, "one short burst is not heavy traffic"
+    now = poll_at_rate(pacing, HEAVY_RATE * 2, start=now, seconds=2 * RATE_WINDOW)
+    assert pacing.pace is Pace.HEAVY and fetch_settings(consumer) == (65536, HEAVY_WAIT_MS)
+    # Between half the heavy rate and the heavy rate it stays as it is, so it does not flap around one rate.
+    now = poll_at_rate(pacing, HEAVY_RATE * 0.6, start=now, seconds=3 * RATE_WINDOW)
+    assert pacing.pace is Pace.HEAVY
+    now = poll_at_rate(pacing, HEAVY_RATE * 0.3, start=now, seconds=3 * RATE_WINDOW)
+    assert pacing.pace is Pace.BUSY and fetch_settings(consumer) == (65536, 10)
+
+
+def test_a_heavy_consumer_whose_records_stop_long_polls_and_starts_over_at_the_short_wait() -> None:
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, 65536, 10, enabled=True)
+    now = poll_at_rate(pacing, HEAVY_RATE * 3, start=100.0, seconds=3 * RATE_WINDOW)
+    assert pacing.pace is Pace.HEAVY
+    now = poll_at_rate(pacing, 0, start=now, seconds=IDLE_AFTER * 1.5)
+    assert pacing.idle and fetch_settings(consumer) == (1, IDLE_WAIT_MS)
+    pacing.fetched(3, now + 0.01)
+    assert pacing.pace is Pace.BUSY and fetch_settings(consumer) == (65536, 10)
+
+
+def test_the_heavy_wait_is_never_shorter_than_the_busy_one() -> None:
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_min_bytes=65536, _fetch_max_wait_ms=100))
+    pacing = FetchPacing(consumer, 65536, 100, enabled=True)
+    poll_at_rate(pacing, HEAVY_RATE * 3, start=100.0, seconds=3 * RATE_WINDOW)
+    assert pacing.pace is Pace.HEAVY and fetch_settings(consumer) == (65536, 100)
 
 
 def test_fetch_options_set_in_the_config_are_left_alone() -> None:
