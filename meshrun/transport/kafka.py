@@ -63,6 +63,7 @@ class KafkaTransport(Transport):
         self._partitions: dict[str, int] = {}
         self._subscriptions: set[KafkaSubscription] = set()
         self._member_ids = itertools.count(1)
+        self._round_robin = itertools.count()  # records without a key
         quiet_repeated_aiokafka_logs()
 
     async def start(self) -> None:
@@ -113,6 +114,15 @@ class KafkaTransport(Transport):
             count = self._partitions[topic] = await self._admin.partition_count(topic)
         return count
 
+    def _partition_of(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
+        """The key's partition from the producer's current metadata, or None before the producer has the topic's
+        metadata (aiokafka then waits for it and asks `_KeyPartitioner`, which gives the same answer). Passing the
+        partition to `send` skips aiokafka's per-record copies of the partition lists (a third of a send's CPU)."""
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        return partition_for(key, len(partitions), self._round_robin)  # Kafka numbers partitions 0..n-1
+
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Headers = ()) -> RecordMetadata:
         producer = self._require_started()
@@ -121,7 +131,8 @@ class KafkaTransport(Transport):
         try:
             # send() only queues the record in a batch; awaiting its future waits for this record's ack, so
             # concurrent publishers share requests to the broker instead of waiting for each other.
-            ack = await producer.send(topic, value, key=key, headers=list(headers) or None)
+            ack = await producer.send(topic, value, key=key, headers=list(headers) or None,
+                                      partition=self._partition_of(producer, topic, key))
             sent = await ack
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
@@ -137,7 +148,9 @@ class KafkaTransport(Transport):
         try:
             # Returns once the record is in the producer's batch for its partition (in call order); the future
             # resolves with the broker's acknowledgement.
-            return await producer.send(topic, value, key=key, headers=list(headers) or None)  # type: ignore[no-any-return]
+            ack: asyncio.Future[Any] = await producer.send(topic, value, key=key, headers=list(headers) or None,
+                                                           partition=self._partition_of(producer, topic, key))
+            return ack
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
             raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not queued: "

@@ -50,9 +50,13 @@ DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
 
 
 def to_record(message: ConsumerRecord[bytes, bytes]) -> Record:
-    headers = tuple(message.headers)
-    if any(v is None for _, v in headers):  # a header without a value (Kafka allows it) reads as empty
-        headers = tuple((k, v if v is not None else b"") for k, v in headers)
+    headers = message.headers
+    if type(headers) is not tuple:  # aiokafka hands a tuple; anything else is copied
+        headers = tuple(headers)
+    for _, value in headers:  # a plain loop: a generator per record costs more than the check
+        if value is None:  # a header without a value (Kafka allows it) reads as empty
+            headers = tuple((k, v if v is not None else b"") for k, v in headers)
+            break
     return Record(message.topic, message.partition, message.offset, message.key,
                   message.value if message.value is not None else b"", headers, message.timestamp)
 
