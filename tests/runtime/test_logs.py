@@ -58,3 +58,13 @@ def test_services_get_the_json_logger_only_when_lines_are_json(writer: logs._Lin
     log = logs.service_logger("billing")
     assert isinstance(log, logs.JsonServiceLogger)
     assert log._context == {"service": "billing"} and log._level == logging.WARNING
+
+
+def test_timestamps_are_utc_with_microseconds_and_follow_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp = logs._UtcTimestamp()
+    for now, expected in [(1_796_162_686.000_001, "2026-12-01T22:04:46.000001Z"),
+                          (1_796_162_686.705_193, "2026-12-01T22:04:46.705193Z"),
+                          (1_796_162_686.999_999, "2026-12-01T22:04:46.999999Z"),
+                          (1_796_162_687.042_000, "2026-12-01T22:04:47.042000Z")]:
+        monkeypatch.setattr(logs.time, "time", lambda now=now: now)
+        assert stamp(None, "info", {})["timestamp"] == expected
