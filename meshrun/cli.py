@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from datetime import datetime
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 import click
 
@@ -27,7 +27,7 @@ def _load(config_path: str, transport: str | None) -> MeshConfig:
     return config.with_transport(transport) if transport else config
 
 
-def run_loop(main: Callable[[], Awaitable[T]]) -> T:
+def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine on uvloop when it is installed (MESHRUN_UVLOOP=0 opts out), else on asyncio's loop."""
     if os.environ.get("MESHRUN_UVLOOP", "1") != "0":
         try:

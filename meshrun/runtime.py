@@ -12,8 +12,9 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence, cast
+from typing import Any, Callable, Sequence, cast
 
+import aiohttp
 from aiohttp import web
 
 from meshrun.config import MAX_BUFFERED_PER_PARTITION, MeshConfig, TopicConfig
@@ -59,7 +60,7 @@ class DecodedEvents:
             key = (record.topic, record.partition, record.offset, record.timestamp_ms)
             event = self._events.get(key)
             if type(event) is event_type:
-                return event  # type: ignore[return-value]
+                return event
         try:
             event = decode(record.value, event_type)
         except EventDecodeError as exc:
@@ -143,6 +144,11 @@ def batch_event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decode
         return batch_ctx.acks
 
     return handle
+
+
+def _session_of(ctx: ServiceContext) -> Callable[[], aiohttp.ClientSession]:
+    """The service's shared HTTP session, looked up at each call (it is created on first use, again after a close)."""
+    return lambda: ctx.http
 
 
 @dataclass
@@ -242,7 +248,7 @@ class Mesh:
                     from meshrun.auth.guard import BearerGuard
 
                     ctx.guard = BearerGuard(issuer=ctx.issuer, audience=ls.config.audience or ls.name,
-                                            session=lambda ctx=ctx: ctx.http)
+                                            session=_session_of(ctx))
                 for hook in ls.service.on_start:
                     await hook(ctx)
                 if ls.config.port is not None:

@@ -16,7 +16,7 @@ A declaration only records what the service offers; `meshrun.runtime` decides wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Literal, TypeVar, overload
 
 from aiohttp import web
 
@@ -27,10 +27,13 @@ if TYPE_CHECKING:
     from meshrun.events import Event
 
 E = TypeVar("E")
-H = TypeVar("H", bound=Callable[..., Awaitable[None]])
 RouteHandler = Callable[[web.Request, "ServiceContext"], Awaitable[web.StreamResponse]]
 EventHandler = Callable[[Any, "EventContext"], Awaitable[None]]
 BatchEventHandler = Callable[[list[Any], "BatchContext"], Awaitable[None]]
+# What `subscribe` returns the handler as: typed, so a handler of lists registered without `batch=N` (it would be
+# handed single events) and a handler of single events registered with it are type errors.
+EH = TypeVar("EH", bound=EventHandler)
+BH = TypeVar("BH", bound=BatchEventHandler)
 Hook = Callable[["ServiceContext"], Awaitable[None]]
 ReadyCheck = Callable[["ServiceContext"], Awaitable[str | None]]
 SettingsParser = Callable[[dict[str, Any], str], Any]
@@ -78,7 +81,17 @@ class Service:
 
         return register
 
-    def subscribe(self, topic: str, *, event: "type[Event] | None" = None, batch: int = 1) -> Callable[[H], H]:
+    # The overlap is the point: batch=1 (or none) takes a handler of single events, any other count one of lists.
+    @overload
+    def subscribe(self, topic: str, *, event: "type[Event] | None" = None,  # type: ignore[overload-overlap]
+                  batch: Literal[1] = 1) -> Callable[[EH], EH]: ...
+
+    @overload
+    def subscribe(self, topic: str, *, event: "type[Event] | None" = None,
+                  batch: int) -> Callable[[BH], BH]: ...
+
+    def subscribe(self, topic: str, *, event: "type[Event] | None" = None,
+                  batch: int = 1) -> Callable[[Any], Any]:
         """Register a handler for every record of `topic` reaching this service's consumer group.
 
         With `event=SomeEvent` the handler receives the decoded event; a record that does not decode goes to the
@@ -93,7 +106,7 @@ class Service:
         """
         check_max_batch(batch)
 
-        def register(handler: H) -> H:
+        def register(handler: Any) -> Any:
             self.subscribers.append(Subscriber(topic, handler, event, batch))
             return handler
 

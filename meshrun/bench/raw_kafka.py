@@ -34,8 +34,8 @@ class KafkaPipeline(Pipeline):
         await self.producer.send_and_wait(self.invoice_topic, value, key=key)
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         await super().start()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)

@@ -52,7 +52,7 @@ def parse_order(order_id: str, body: bytes, customer: str, trace_id: str | None 
     """Validate an order request; raises OrderRejected naming the offending field."""
     if not ORDER_ID.match(order_id):
         raise OrderRejected("order_id", "must be 1-64 characters of letters, digits, '-' or '_'")
-    items = (DEFAULT_ITEM,)
+    items: tuple[LineItem, ...] = (DEFAULT_ITEM,)
     currency = DEFAULT_CURRENCY
     if body.strip():
         try:
