@@ -2,6 +2,7 @@
 second; once records flow it waits for batches again. The switching rule on its own, then on a real broker."""
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -127,6 +128,40 @@ async def test_an_idle_member_long_polls_on_a_real_broker_and_a_record_wakes_it(
                          what="the member to wait for batches while records flow")
         await eventually(lambda: len(handled) == 20, what="every record published to the idle member")
         await eventually(lambda: sub._pacing.idle, what="the member to long-poll again once idle")
+        await sub.stop(grace_period=5)
+    finally:
+        await transport.stop()
+
+
+@pytest.mark.kafka
+async def test_a_member_receiving_heavy_traffic_on_a_real_broker_waits_longer_per_fetch(bootstrap: str) -> None:
+    transport: KafkaTransport = kafka_transport(bootstrap)
+    await transport.start()
+    try:
+        topic = unique("heavy")
+        await transport.ensure_topics([TopicConfig(topic, 3)])
+        handled: list[int] = []
+
+        async def handle(records: list[Record]) -> None:
+            handled.append(len(records))
+
+        sub = await transport.subscribe(topic, unique("group"), handle, retry=RetryConfig(), max_batch=100)
+        assert isinstance(sub, KafkaSubscription)
+        await sub.wait_joined(30)
+        fetcher = sub.consumer._fetcher
+        sent = 0
+        # Published faster than HEAVY_RATE for as long as it takes the member to notice (a few rate windows).
+        for _ in range(int(20 / RATE_WINDOW)):
+            acks = [await transport.send(topic, b"x" * 200, key=f"k{sent + i}".encode()) for i in range(1000)]
+            sent += len(acks)
+            await asyncio.gather(*acks)
+            await asyncio.sleep(RATE_WINDOW / 4)
+            if sub._pacing.pace is Pace.HEAVY:
+                break
+        assert sub._pacing.pace is Pace.HEAVY, f"still {sub._pacing.pace} after {sent} records"
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (64 * 1024, HEAVY_WAIT_MS)
+        await eventually(lambda: sum(handled) == sent, what="every record handled")
+        await eventually(lambda: sub._pacing.idle, timeout=10, what="the member to long-poll once the traffic stops")
         await sub.stop(grace_period=5)
     finally:
         await transport.stop()
