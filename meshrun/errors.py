@@ -94,3 +94,7 @@ class BrokerUnavailable(MeshrunError):
             f"cannot reach Kafka at {bootstrap_servers} ({detail}): start a local broker with `scripts/kafka start`, "
             "or point [transport.kafka] bootstrap_servers (env MESHRUN_KAFKA_BOOTSTRAP_SERVERS) at your cluster"
         )
+
+
+class HandlerMismatch(MeshrunError, TypeError):
+    """A topic handler's first parameter does not take what `subscribe` would hand it (a list, or one event)."""

@@ -15,11 +15,14 @@ A declaration only records what the service offers; `meshrun.runtime` decides wh
 """
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Literal, TypeVar, overload
 
 from aiohttp import web
 
+from meshrun.errors import HandlerMismatch
 from meshrun.transport.delivery import check_max_batch
 
 if TYPE_CHECKING:
@@ -37,6 +40,46 @@ BH = TypeVar("BH", bound=BatchEventHandler)
 Hook = Callable[["ServiceContext"], Awaitable[None]]
 ReadyCheck = Callable[["ServiceContext"], Awaitable[str | None]]
 SettingsParser = Callable[[dict[str, Any], str], Any]
+
+
+# An annotation that says "a list of events": list[...], Sequence[...], ... (as a string under `from __future__
+# import annotations`, or as the object itself).
+_LIST_ANNOTATION = re.compile(r"^(?:typing\.|collections\.abc\.)?(?:list|List|Sequence|MutableSequence|tuple|Tuple|"
+                              r"Iterable)\b")
+
+
+def _first_annotation(handler: Callable[..., Any]) -> str | None:
+    """The handler's first parameter's annotation as written, or None where there is none (or no signature)."""
+    try:
+        first = next(iter(inspect.signature(handler).parameters.values()), None)
+    except (TypeError, ValueError):
+        return None
+    if first is None or first.annotation is inspect.Parameter.empty:
+        return None
+    annotation = first.annotation
+    if isinstance(annotation, str):
+        return annotation
+    return repr(annotation) if hasattr(annotation, "__origin__") else getattr(annotation, "__name__", None)
+
+
+def check_handler_shape(handler: Callable[..., Any], topic: str, event: "type[Event] | None", batch: int) -> None:
+    """Refuse, when the service module is imported, a handler annotated for lists without `batch=N` or for one
+    event with it: the runtime hands lists only when batch > 1, and a mismatch would fail on every record (and
+    dead-letter it). Unannotated handlers are left alone; mypy checks the same through `subscribe`'s overloads."""
+    annotation = _first_annotation(handler)
+    if annotation is None:
+        return
+    name = getattr(handler, "__qualname__", repr(handler))
+    takes_list = bool(_LIST_ANNOTATION.match(annotation))
+    if batch == 1 and takes_list:
+        raise HandlerMismatch(
+            f"{name} takes a list ({annotation}) but subscribes to {topic!r} without batch=N, so it would be handed "
+            f"one event at a time: add batch=N (N > 1) to subscribe, or take one event and an EventContext")
+    single = event.__name__ if event is not None else "Record"
+    if batch > 1 and (annotation == single or annotation.endswith(f".{single}")):
+        raise HandlerMismatch(
+            f"{name} takes one {single} but subscribes to {topic!r} with batch={batch}, so it would be handed "
+            f"lists: take list[{single}] and a BatchContext, or drop batch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +146,15 @@ class Service:
         event of the list is handed to it again alone (a list of one) under the retry policy: a bad event is
         dead-lettered alone and the others may be handled twice, so the handler must be idempotent per event, as
         every handler must for redeliveries.
+
+        Lists are handed when batch > 1, whatever the type checker saw: a batch size from an `int` variable is
+        typed as a handler of lists, and a handler annotated for the other shape is refused when the module is
+        imported (HandlerMismatch).
         """
         check_max_batch(batch)
 
         def register(handler: Any) -> Any:
+            check_handler_shape(handler, topic, event, batch)
             self.subscribers.append(Subscriber(topic, handler, event, batch))
             return handler
 

@@ -3,6 +3,8 @@
 No HTTP, no services, no logging: one publisher and N groups of batch handlers that only count, as the pipeline's
 stages read `order-events`. It measures what `[transport.kafka]` options change (fetch waits, batches, commits) far
 below the noise of the end-to-end benchmark: each round runs the default options and then `--compare` ones.
+Every run creates a topic `bench-consumers-<random>` of 3 partitions and leaves it (and its groups) behind: point
+it at a throw-away broker (`scripts/kafka start --fresh`).
 
     python -m meshrun.bench.consumers --groups 5 --rate 2500 --seconds 6 --rounds 3 \\
         --compare fetch_min_bytes=65536,fetch_max_wait_ms=10
@@ -127,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging("console", "warning")
     try:
         import uvloop
-
-        uvloop.run(run(args))
-    except ImportError:
+    except ImportError:  # the stock loop: figures not comparable with uvloop's
         asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
 
 
 if __name__ == "__main__":

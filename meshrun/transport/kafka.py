@@ -63,7 +63,7 @@ class KafkaTransport(Transport):
         self._partitions: dict[str, int] = {}
         self._subscriptions: set[KafkaSubscription] = set()
         self._member_ids = itertools.count(1)
-        self._round_robin = itertools.count()  # records without a key
+        self._round_robin: dict[str, itertools.count[int]] = {}  # per topic, for records without a key
         quiet_repeated_aiokafka_logs()
 
     async def start(self) -> None:
@@ -116,12 +116,17 @@ class KafkaTransport(Transport):
 
     def _partition_of(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
         """The key's partition from the producer's current metadata, or None before the producer has the topic's
-        metadata (aiokafka then waits for it and asks `_KeyPartitioner`, which gives the same answer). Passing the
-        partition to `send` skips aiokafka's per-record copies of the partition lists (a third of a send's CPU)."""
+        metadata (aiokafka then waits for it and asks `_KeyPartitioner`, which gives the same answer for a key).
+        Naming the partition spares `send` aiokafka's partitioner call and its copies of the partition lists
+        (measured: 19.3 instead of 21.4 us of CPU per send). Records without a key go round-robin per topic, as in
+        memory."""
         partitions = producer.client.cluster.partitions_for_topic(topic)
         if not partitions:
             return None
-        return partition_for(key, len(partitions), self._round_robin)  # Kafka numbers partitions 0..n-1
+        counter = self._round_robin.get(topic)
+        if counter is None:
+            counter = self._round_robin[topic] = itertools.count()
+        return partition_for(key, len(partitions), counter)  # Kafka numbers partitions 0..n-1
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Headers = ()) -> RecordMetadata:

@@ -27,12 +27,16 @@ IDLE_WAIT_MS = 500  # how long an idle consumer's fetch waits for its first reco
 HEAVY_RATE = 1_000  # records a second at which a consumer's fetches wait longer; below half of it, they wait less
 HEAVY_WAIT_MS = 25  # how long a fetch waits under heavy traffic (a 10 ms fetch then returns 10 records or more)
 RATE_WINDOW = 0.5  # seconds of polls over which the rate of records is measured
+# Windows in a row below HEAVY_RATE / 2 before a heavy consumer waits less again: bursts a second apart (a window
+# full, the next empty) keep it heavy instead of switching every half second.
+LIGHT_WINDOWS = 4
 FETCHER_SETTINGS = ("_fetch_min_bytes", "_fetch_max_wait_ms")  # aiokafka's Fetcher, read per fetch request
 
 
 class Pace(enum.Enum):
-    """What a consumer's fetches wait for. IDLE -> BUSY at the first record; BUSY <-> HEAVY by the rate of records;
-    BUSY or HEAVY -> IDLE after IDLE_AFTER seconds without one."""
+    """What a consumer's fetches wait for. IDLE -> BUSY at the first record; BUSY -> HEAVY after a window at
+    HEAVY_RATE or more, HEAVY -> BUSY after LIGHT_WINDOWS windows below half of it; BUSY or HEAVY -> IDLE after
+    IDLE_AFTER seconds without a record."""
 
     IDLE = "idle"
     BUSY = "busy"
@@ -52,6 +56,7 @@ class FetchPacing:
         self.last_record = 0.0
         self._window_start: float | None = None
         self._window_records = 0
+        self._light_windows = 0  # windows in a row below HEAVY_RATE / 2
 
     @property
     def idle(self) -> bool:
@@ -67,17 +72,20 @@ class FetchPacing:
                 self._apply(Pace.BUSY)
         elif self.pace is not Pace.IDLE and now - self.last_record >= IDLE_AFTER:
             self._apply(Pace.IDLE)
-        if self._window_start is None:
+        if self._window_start is None:  # the first poll starts the first window; its records fall before it
             self._window_start = now
+            return
         self._window_records += records
         elapsed = now - self._window_start
-        if elapsed >= RATE_WINDOW:
-            rate = self._window_records / elapsed
-            self._window_start, self._window_records = now, 0
-            if self.pace is Pace.BUSY and rate >= HEAVY_RATE:
-                self._apply(Pace.HEAVY)
-            elif self.pace is Pace.HEAVY and rate < HEAVY_RATE / 2:
-                self._apply(Pace.BUSY)
+        if elapsed < RATE_WINDOW:
+            return
+        rate = self._window_records / elapsed
+        self._window_start, self._window_records = now, 0
+        self._light_windows = self._light_windows + 1 if rate < HEAVY_RATE / 2 else 0
+        if self.pace is Pace.BUSY and rate >= HEAVY_RATE:
+            self._apply(Pace.HEAVY)
+        elif self.pace is Pace.HEAVY and self._light_windows >= LIGHT_WINDOWS:
+            self._apply(Pace.BUSY)
 
     def _apply(self, pace: Pace) -> None:
         fetcher = getattr(self.consumer, "_fetcher", None)

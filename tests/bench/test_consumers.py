@@ -24,9 +24,11 @@ def test_compared_options_are_parsed_as_integers_where_they_are_integers() -> No
 @pytest.mark.kafka
 async def test_a_run_publishes_at_its_rate_and_every_group_reads_what_was_published() -> None:
     result = await measure(kafka_bootstrap(), {}, groups=2, rate=400, seconds=1.5, warmup=0.5, max_batch=50)
-    assert 400 <= result.published <= 800  # 1.5 s at 400/s, give or take the publisher's ticks
-    # Each group reads the whole window give or take what was in flight at its edges.
-    assert abs(result.handled - 2 * result.published) <= 2 * 0.25 * 400
+    # The publisher keeps to the clock (what fell due while it was held up goes out at its next tick).
+    assert 500 <= result.published <= 700
+    # Both groups read during the window: at least one group's worth even if both lag behind by half of it, and
+    # never more than what was published, give or take a backlog from the warm-up.
+    assert result.published <= result.handled <= 2 * (result.published + 0.5 * 400)
     assert result.cpu_us_per_record > 0 and result.cores > 0
     assert result.options == "defaults"
 

@@ -14,6 +14,7 @@ from meshrun.transport.kafka_fetch import (
     HEAVY_RATE,
     HEAVY_WAIT_MS,
     IDLE_AFTER,
+    LIGHT_WINDOWS,
     IDLE_WAIT_MS,
     RATE_WINDOW,
     FetchPacing,
@@ -66,8 +67,25 @@ def test_heavy_traffic_makes_fetches_wait_longer_and_light_traffic_brings_the_sh
     # Between half the heavy rate and the heavy rate it stays as it is, so it does not flap around one rate.
     now = poll_at_rate(pacing, HEAVY_RATE * 0.6, start=now, seconds=3 * RATE_WINDOW)
     assert pacing.pace is Pace.HEAVY
-    now = poll_at_rate(pacing, HEAVY_RATE * 0.3, start=now, seconds=3 * RATE_WINDOW)
+    now = poll_at_rate(pacing, HEAVY_RATE * 0.3, start=now, seconds=(LIGHT_WINDOWS - 1.5) * RATE_WINDOW)
+    assert pacing.pace is Pace.HEAVY, "a moment of light traffic is not the end of heavy traffic"
+    now = poll_at_rate(pacing, HEAVY_RATE * 0.3, start=now, seconds=2 * RATE_WINDOW)
     assert pacing.pace is Pace.BUSY and fetch_settings(consumer) == (65536, 10)
+
+
+def test_bursts_a_second_apart_keep_a_consumer_heavy_instead_of_switching_every_window() -> None:
+    consumer = consumer_with_fetcher()
+    pacing = FetchPacing(consumer, 65536, 10, enabled=True)
+    switches = []
+    now = 100.0
+    for second in range(10):
+        for poll in range(100):  # a burst in the first 50 ms of each second, nothing for the rest of it
+            now = 100.0 + second + poll / 100
+            before = pacing.pace
+            pacing.fetched(140 if poll < 5 else 0, now)
+            if pacing.pace is not before:
+                switches.append(pacing.pace)
+    assert switches == [Pace.HEAVY]
 
 
 def test_a_heavy_consumer_whose_records_stop_long_polls_and_starts_over_at_the_short_wait() -> None:
@@ -149,6 +167,14 @@ async def test_a_member_receiving_heavy_traffic_on_a_real_broker_waits_longer_pe
         assert isinstance(sub, KafkaSubscription)
         await sub.wait_joined(30)
         fetcher = sub.consumer._fetcher
+        applied: list[tuple[Pace, tuple[int, int]]] = []  # every switch, with what the fetcher then had
+        apply = sub._pacing._apply
+
+        def recording_apply(pace: Pace) -> None:
+            apply(pace)
+            applied.append((sub._pacing.pace, (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)))
+
+        sub._pacing._apply = recording_apply  # type: ignore[method-assign]
         sent = 0
         # Published faster than HEAVY_RATE for as long as it takes the member to notice (a few rate windows).
         for _ in range(int(20 / RATE_WINDOW)):
@@ -156,10 +182,9 @@ async def test_a_member_receiving_heavy_traffic_on_a_real_broker_waits_longer_pe
             sent += len(acks)
             await asyncio.gather(*acks)
             await asyncio.sleep(RATE_WINDOW / 4)
-            if sub._pacing.pace is Pace.HEAVY:
+            if any(pace is Pace.HEAVY for pace, _ in applied):
                 break
-        assert sub._pacing.pace is Pace.HEAVY, f"still {sub._pacing.pace} after {sent} records"
-        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (64 * 1024, HEAVY_WAIT_MS)
+        assert (Pace.HEAVY, (64 * 1024, HEAVY_WAIT_MS)) in applied, f"switches {applied} after {sent} records"
         await eventually(lambda: sum(handled) == sent, what="every record handled")
         await eventually(lambda: sub._pacing.idle, timeout=10, what="the member to long-poll once the traffic stops")
         await sub.stop(grace_period=5)

@@ -113,6 +113,17 @@ async def test_a_key_lands_on_the_same_partition_on_every_transport(transport: T
         assert landed.partition == partition_for(key, 5, itertools.count())
 
 
+async def test_records_without_a_key_go_round_robin_over_the_partitions_of_their_topic(transport: Transport) -> None:
+    first, second = await new_topic(transport, 3), await new_topic(transport, 3)
+    await transport.publish(first, b"warm-up", key=b"k")  # a producer learns a topic's partitions on its first send
+    await transport.publish(second, b"warm-up", key=b"k")
+    landed = []
+    for _ in range(6):
+        landed.append((await transport.publish(first, b"{}")).partition)
+        await transport.publish(second, b"{}")  # another topic's records do not move this topic's turn
+    assert sorted(landed[:3]) == [0, 1, 2] and landed[3:] == landed[:3]
+
+
 async def test_every_group_gets_every_event(transport: Transport) -> None:
     topic = await new_topic(transport, 3)
     billing, email = Collector(), Collector()
