@@ -1,14 +1,14 @@
 """How long a Kafka consumer's fetches wait: longer the more records flow, for the first record when idle.
 
 While records flow, a fetch is answered once `fetch_min_bytes` are there or after `fetch_max_wait_ms` (64 KiB or
-10 ms by default): the broker then answers a few large fetches instead of one per record. Under heavy traffic (a
+5 ms by default): the broker then answers a few large fetches instead of one per record. Under heavy traffic (a
 consumer receiving HEAVY_RATE records a second or more) a fetch waits up to HEAVY_WAIT_MS instead: every fetch,
 handler call and commit then carries more records, which is what a CPU-bound mesh needs (measured with `python -m
 meshrun.bench.consumers`, five groups at 2,500 records/s: 166 instead of 195 us of CPU per published record). Light
-traffic keeps the short wait, so its latency does not change. Idle, a wait of 10 ms would be a hundred empty answers
-a second per consumer (measured: an idle mesh of five consumers and its broker used 0.38 of a core), so after
-IDLE_AFTER seconds without a record the consumer long-polls instead: each fetch waits up to IDLE_WAIT_MS and is
-answered at the first record, which switches it back.
+traffic keeps the short wait, so its latency does not change. Idle, a short wait would be a hundred or more empty
+answers a second per consumer (measured with 10 ms: an idle mesh of five consumers and its broker used 0.38 of a
+core), so after IDLE_AFTER seconds without a record the consumer long-polls instead: each fetch waits up to
+IDLE_WAIT_MS and is answered at the first record, which switches it back.
 
 aiokafka reads both values from its fetcher for every request but has no public way to change them on a running
 consumer: this sets the fetcher's attributes, and does nothing (the busy values stay) if they are not there.
