@@ -24,8 +24,8 @@ log = structlog.get_logger("meshrun.transport.kafka")
 
 IDLE_AFTER = 1.0  # seconds without a record before a consumer long-polls
 IDLE_WAIT_MS = 500  # how long an idle consumer's fetch waits for its first record (aiokafka's default)
-HEAVY_RATE = 1_000  # records a second at which a consumer's fetches wait longer; below half of it, they wait less
-HEAVY_WAIT_MS = 25  # how long a fetch waits under heavy traffic (a 10 ms fetch then returns 10 records or more)
+HEAVY_RATE = 1_000  # records a second at which a consumer's fetches wait longer (see LIGHT_WINDOWS for the way back)
+HEAVY_WAIT_MS = 25  # how long a fetch waits under heavy traffic (at HEAVY_RATE, 25 records or more per fetch)
 RATE_WINDOW = 0.5  # seconds of polls over which the rate of records is measured
 # Windows in a row below HEAVY_RATE / 2 before a heavy consumer waits less again: bursts a second apart (a window
 # full, the next empty) keep it heavy instead of switching every half second.

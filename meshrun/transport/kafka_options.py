@@ -72,7 +72,7 @@ class KafkaClientOptions:
         # Fetch at most 256 KiB per partition (aiokafka's default is 1 MiB): measured on a backlog of 60,000 orders,
         # a whole mesh grew to 320-620 MB RSS with 1 MiB fetches and stayed at 107 MB with 256 KiB.
         consumer.setdefault("max_partition_fetch_bytes", 256 * 1024)
-        # A fetch is answered once 64 KiB are there or after 10 ms, not as soon as one record is: measured with
+        # A fetch is answered once 64 KiB are there or after a short wait, not as soon as one record is: measured with
         # `meshrun bench --transport kafka`, answering at once had the broker spend 0.48 ms of CPU per order on
         # fetches of one or two records (1,700 orders/s end to end); with 64 KiB / 10 ms it spent 0.07 ms, the
         # handlers got batches, and the mesh moved 3,150/s. Since heavy traffic waits longer anyway (25 ms, see
