@@ -66,22 +66,23 @@ async def measure(bootstrap: str, options: dict[str, Any], *, groups: int, rate:
                 for g in range(groups)]
         for sub in subs:
             await sub.wait_joined(60)
-        sent: list[int] = [0]
+        sent = 0
         started = time.monotonic()
         pending: list[asyncio.Future[Any]] = []
 
         async def publish_until(deadline: float) -> None:
+            nonlocal sent
             while (now := time.monotonic()) < deadline:
-                for _ in range(int((now - started) * rate) - sent[0]):
-                    pending.append(await transport.send(topic, VALUE, key=str(sent[0]).encode()))
-                    sent[0] += 1
+                for _ in range(int((now - started) * rate) - sent):
+                    pending.append(await transport.send(topic, VALUE, key=str(sent).encode()))
+                    sent += 1
                 if len(pending) > 1000:
                     await asyncio.gather(*pending)
                     pending.clear()
                 await asyncio.sleep(TICK)
 
         await publish_until(started + warmup)
-        cpu_start, handled_start, published_start, at = os.times(), handled[0], sent[0], time.monotonic()
+        cpu_start, handled_start, published_start, at = os.times(), handled[0], sent, time.monotonic()
         await publish_until(started + warmup + seconds)
         cpu_end, handled_end, at_end = os.times(), handled[0], time.monotonic()
         await asyncio.gather(*pending)
@@ -90,7 +91,7 @@ async def measure(bootstrap: str, options: dict[str, Any], *, groups: int, rate:
     finally:
         await transport.stop()
     cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
-    count_published = max(1, sent[0] - published_start)
+    count_published = max(1, sent - published_start)
     shown = ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
     return RoundResult(shown, 1e6 * cpu / count_published, cpu / (at_end - at), count_published,
                        handled_end - handled_start)

@@ -3,7 +3,10 @@ second; once records flow it waits for batches again. The switching rule on its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -14,8 +17,8 @@ from meshrun.transport.kafka_fetch import (
     HEAVY_RATE,
     HEAVY_WAIT_MS,
     IDLE_AFTER,
-    LIGHT_WINDOWS,
     IDLE_WAIT_MS,
+    LIGHT_WINDOWS,
     RATE_WINDOW,
     FetchPacing,
     Pace,
@@ -122,21 +125,32 @@ def test_an_aiokafka_without_those_fetcher_settings_keeps_the_busy_values() -> N
     assert pacing.enabled is False and pacing.idle is False
 
 
-@pytest.mark.kafka
-async def test_an_idle_member_long_polls_on_a_real_broker_and_a_record_wakes_it(bootstrap: str) -> None:
+@asynccontextmanager
+async def joined_member(bootstrap: str, prefix: str, partitions: int, handler: Any,
+                        max_batch: int = 1) -> AsyncIterator[tuple[KafkaTransport, str, KafkaSubscription]]:
+    """A started transport, a new topic, and one member of a new group that has joined it; all stopped after."""
     transport: KafkaTransport = kafka_transport(bootstrap)
     await transport.start()
     try:
-        topic = unique("pacing")
-        await transport.ensure_topics([TopicConfig(topic, 2)])
-        handled: list[bytes] = []
-
-        async def handle(record: Record) -> None:
-            handled.append(record.value)
-
-        sub = await transport.subscribe(topic, unique("group"), handle, retry=RetryConfig())
+        topic = unique(prefix)
+        await transport.ensure_topics([TopicConfig(topic, partitions)])
+        sub = await transport.subscribe(topic, unique("group"), handler, retry=RetryConfig(), max_batch=max_batch)
         assert isinstance(sub, KafkaSubscription)
         await sub.wait_joined(30)
+        yield transport, topic, sub
+        await sub.stop(grace_period=5)
+    finally:
+        await transport.stop()
+
+
+@pytest.mark.kafka
+async def test_an_idle_member_long_polls_on_a_real_broker_and_a_record_wakes_it(bootstrap: str) -> None:
+    handled: list[bytes] = []
+
+    async def handle(record: Record) -> None:
+        handled.append(record.value)
+
+    async with joined_member(bootstrap, "pacing", 2, handle) as (transport, topic, sub):
         fetcher = sub.consumer._fetcher  # the attributes this relies on must exist in the aiokafka we run
         await eventually(lambda: (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS),
                          what="the idle member to long-poll")
@@ -146,26 +160,16 @@ async def test_an_idle_member_long_polls_on_a_real_broker_and_a_record_wakes_it(
                          what="the member to wait for batches while records flow")
         await eventually(lambda: len(handled) == 20, what="every record published to the idle member")
         await eventually(lambda: sub._pacing.idle, what="the member to long-poll again once idle")
-        await sub.stop(grace_period=5)
-    finally:
-        await transport.stop()
 
 
 @pytest.mark.kafka
 async def test_a_member_receiving_heavy_traffic_on_a_real_broker_waits_longer_per_fetch(bootstrap: str) -> None:
-    transport: KafkaTransport = kafka_transport(bootstrap)
-    await transport.start()
-    try:
-        topic = unique("heavy")
-        await transport.ensure_topics([TopicConfig(topic, 3)])
-        handled: list[int] = []
+    handled: list[int] = []
 
-        async def handle(records: list[Record]) -> None:
-            handled.append(len(records))
+    async def handle(records: list[Record]) -> None:
+        handled.append(len(records))
 
-        sub = await transport.subscribe(topic, unique("group"), handle, retry=RetryConfig(), max_batch=100)
-        assert isinstance(sub, KafkaSubscription)
-        await sub.wait_joined(30)
+    async with joined_member(bootstrap, "heavy", 3, handle, max_batch=100) as (transport, topic, sub):
         fetcher = sub.consumer._fetcher
         applied: list[tuple[Pace, tuple[int, int]]] = []  # every switch, with what the fetcher then had
         apply = sub._pacing._apply
@@ -187,6 +191,3 @@ async def test_a_member_receiving_heavy_traffic_on_a_real_broker_waits_longer_pe
         assert (Pace.HEAVY, (64 * 1024, HEAVY_WAIT_MS)) in applied, f"switches {applied} after {sent} records"
         await eventually(lambda: sum(handled) == sent, what="every record handled")
         await eventually(lambda: sub._pacing.idle, timeout=10, what="the member to long-poll once the traffic stops")
-        await sub.stop(grace_period=5)
-    finally:
-        await transport.stop()
