@@ -183,14 +183,31 @@ def _admin_call(config: MeshConfig, method: str, path: str, params: dict[str, st
     except urllib.error.HTTPError as exc:
         raise MeshrunError(json.load(exc).get("message", str(exc))) from None
     except OSError as exc:
-        raise MeshrunError(f"no running mesh answers at {url} ({exc}); start it with `meshrun up`") from None
+        holders = ", ".join(_services_holding_topics(config)) or "a service with topics"
+        raise MeshrunError(
+            f"no running mesh answers at {url} ({exc}): the in-memory mesh is not running; start it with "
+            f"`meshrun up`. A mesh split with --only/--except serves this port from the process that runs any of "
+            f"{holders} (a process whose services use no topic does not open it)") from None
+
+
+def _services_holding_topics(config: MeshConfig) -> list[str]:
+    """The services whose process opens the admin port (they publish or consume a topic), for an error message."""
+    try:
+        loaded = load_services(config, list(config.services))
+    except MeshrunError:  # the message is about the port; `meshrun check` reports what does not load
+        return [s.name for s in config.services.values() if s.group]
+    return [ls.name for ls in loaded if ls.topics or ls.service.publishes]
 
 
 @main.command()
 @config_option
 @transport_option
-def topics(config_path: str, transport: str | None) -> None:
-    """List topics, partitions and each consumer group's lag."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (topics, partitions, records, each group's offsets and lag) for scripts.")
+def topics(config_path: str, transport: str | None, as_json: bool) -> None:
+    """List topics, their partitions and records (dead letters included) and each consumer group's lag."""
+    import json
+
     from meshrun.http.admin import topic_infos_to_json
 
     try:
@@ -201,8 +218,18 @@ def topics(config_path: str, transport: str | None) -> None:
             infos = topic_infos_to_json(_with_transport(config, lambda t: t.describe()))
     except MeshrunError as exc:
         fail(exc)
+    if as_json:
+        click.echo(json.dumps({"transport": config.transport, "topics": infos}, indent=2))
+        return
+    width = max([len("topic"), *(len(info["name"]) for info in infos)]) + 2
+    click.echo(f"{'topic':<{width}}{'partitions':>10}{'records':>10}")
     for info in infos:
-        click.echo(f"{info['name']}  ({info['partitions']} partitions)")
+        records = info.get("records")  # absent from a mesh started by an older meshrun
+        click.echo(f"{info['name']:<{width}}{info['partitions']:>10}{'?' if records is None else records:>10}")
+        if info["name"].endswith(".dlq") and records:
+            # A dead letter is a record no handler could take: say so on its own line, not only as a number.
+            click.echo(f"  ! {records} dead-lettered record(s) of {info['name'].removesuffix('.dlq')}: "
+                       "their meshrun-dlq-* headers name the group, the error and the attempts")
         for group, lags in sorted(info["groups"].items()):
             total = sum(p["lag"] for p in lags)
             detail = " ".join(f"p{p['partition']}:{p['committed'] if p['committed'] is not None else '-'}"

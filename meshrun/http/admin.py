@@ -16,11 +16,12 @@ from meshrun.http.server import json_error, json_errors, json_response
 
 if TYPE_CHECKING:
     from meshrun.runtime import Mesh
+    from meshrun.transport.base import TopicInfo
 
 
-
-def topic_infos_to_json(infos: list[Any]) -> list[dict[str, Any]]:
-    return [{"name": i.name, "partitions": i.partitions,
+def topic_infos_to_json(infos: list["TopicInfo"]) -> list[dict[str, Any]]:
+    """The one JSON shape of `describe()`, served by this endpoint and printed by `meshrun topics --json`."""
+    return [{"name": i.name, "partitions": i.partitions, "records": i.records,
              "groups": {g: [dict(asdict(p), lag=p.lag) for p in lags] for g, lags in i.groups.items()}}
             for i in infos]
 

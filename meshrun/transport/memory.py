@@ -415,7 +415,8 @@ class InMemoryTransport(Transport):
                     PartitionLag(p.index, p.log_start, p.next_offset, g.committed.get((name, p.index)))
                     for p in t.partitions
                 ]
-            infos.append(TopicInfo(name, len(t.partitions), groups))
+            infos.append(TopicInfo(name, len(t.partitions), groups,
+                                   records=sum(p.next_offset - p.log_start for p in t.partitions)))
         return infos
 
     def live_members(self, group: str) -> int:

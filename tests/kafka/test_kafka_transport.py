@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +27,7 @@ from meshrun.transport.base import Record
 from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
 from meshrun.transport.kafka import KafkaTransport
 from meshrun.transport.partitioner import partition_for
+from tests.conftest import ROOT
 from tests.kafka.broker import kafka_transport, unique
 from tests.polling import eventually
 
@@ -348,3 +353,70 @@ async def test_a_publish_the_broker_refuses_for_good_is_retried_then_dead_letter
         assert calls.count(1) in (1, 2)  # twice if its output shared the refused record's batch
     finally:
         await sub.stop(1.0)
+
+
+async def test_describe_lists_dead_letter_topics_with_their_records_and_no_internal_topic(
+        kafka: KafkaTransport) -> None:
+    topic, group = unique("dead-letters-counted"), unique("group")
+    dlq = dead_letter_topic(topic)
+    await kafka.ensure_topics([TopicConfig(topic, 2), TopicConfig(dlq, 2)])
+    for i in range(4):
+        await kafka.publish(topic, b"poison" if i == 1 else b"fine", key=f"k{i}".encode())
+
+    async def refuse_poison(record: Record) -> None:
+        if record.value == b"poison":
+            raise ValueError("cannot handle poison")
+
+    sub = await kafka.subscribe(topic, group, refuse_poison, retry=RetryConfig(max_attempts=1))
+    try:
+        async def all_committed() -> bool:
+            [info] = await kafka.describe([topic])
+            return sum(p.committed or 0 for p in info.groups.get(group, [])) == 4
+
+        await eventually(all_committed, timeout=60, what="the 4 records committed")
+    finally:
+        await sub.stop(1.0)
+    infos = {i.name: i for i in await kafka.describe()}
+    assert (infos[topic].records, infos[dlq].records) == (4, 1)
+    assert "__consumer_offsets" in await kafka._admin.admin.list_topics()  # the group committed: it exists
+    assert not [name for name in infos if name.startswith("__")]
+
+
+def test_topics_json_counts_records_and_dead_letters_on_the_broker(bootstrap: str, tmp_path: Path) -> None:
+    topic, group = unique("topics-cli"), unique("group")
+    dlq = dead_letter_topic(topic)
+
+    async def fill() -> None:
+        transport = kafka_transport(bootstrap)
+        await transport.start()
+        try:
+            await transport.ensure_topics([TopicConfig(topic, 2), TopicConfig(dlq, 2)])
+            for i in range(3):
+                await transport.publish(topic, b"fine", key=f"k{i}".encode())
+            await transport.publish(dlq, b"poison", key=b"k9", headers=(("meshrun-dlq-group", group.encode()),))
+            _, ends = await transport._admin.log_offsets([TopicPartition(topic, p) for p in range(2)])
+            await transport._admin.commit_offsets(group, ends)
+        finally:
+            await transport.stop()
+
+    asyncio.run(fill())
+    config = tmp_path / "services.toml"
+    config.write_text(f'[mesh]\ntransport = "kafka"\n[transport.kafka]\nbootstrap_servers = "{bootstrap}"\n'
+                      '[topics.greetings]\n[services.greeter]\nmodule = "meshrun.examples.greeter"\n'
+                      'group = "greeter-group"\n')
+    result = subprocess.run([sys.executable, "-m", "meshrun", "topics", "--config", str(config), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    topics = {t["name"]: t for t in document["topics"]}
+    assert document["transport"] == "kafka"
+    assert (topics[topic]["records"], topics[dlq]["records"], topics[dlq]["groups"]) == (3, 1, {})
+    assert [(p["committed"], p["lag"]) for p in topics[topic]["groups"][group]] == [
+        (p["log_end"], 0) for p in topics[topic]["groups"][group]]
+    assert not [name for name in topics if name.startswith("__")]
+
+    plain = subprocess.run([sys.executable, "-m", "meshrun", "topics", "--config", str(config)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert [dlq, "2", "1"] in [line.split() for line in plain.stdout.splitlines()]
+    assert f"! 1 dead-lettered record(s) of {topic}" in plain.stdout

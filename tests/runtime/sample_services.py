@@ -1,5 +1,5 @@
-"""Test services for the runtime: a slow consumer, a flaky consumer and a batch consumer, declared like any user
-service."""
+"""Test services for the runtime: a slow consumer, a flaky consumer, a batch consumer, one that dead-letters a
+poison job and one with HTTP only, declared like any user service."""
 from __future__ import annotations
 
 import asyncio
@@ -65,3 +65,29 @@ async def greet_in_batches(events: list[Greeted], ctx: BatchContext) -> None:
     state.setdefault("offsets", []).append([record.offset for record in ctx.records])
     for i, event in enumerate(events):
         ctx.log_for(i).info("greeting_batched", name=event.name)
+
+
+picky = Service("picky")
+picky.publisher("work")
+
+
+@picky.route("POST", "/jobs/{n}")
+async def post_job(request: web.Request, ctx: ServiceContext) -> web.Response:
+    n = request.match_info["n"]
+    await ctx.publish("work", n.encode(), key=n)
+    return json_response({"queued": n}, status=202)
+
+
+@picky.subscribe("work")
+async def refuse_poison(record: Record, ctx: EventContext) -> None:
+    """Takes every job but "poison", which fails every attempt and so ends in work.dlq."""
+    if record.value == b"poison":
+        raise ValueError("cannot handle poison")
+
+
+http_only = Service("http_only")
+
+
+@http_only.route("GET", "/status")
+async def status(request: web.Request, ctx: ServiceContext) -> web.Response:
+    return json_response({"status": "up"})

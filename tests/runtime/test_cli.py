@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,115 @@ def test_port_in_use_is_a_message_not_a_traceback(tmp_path, ports):
     assert result.returncode == 2
     assert f"service 'greeter' cannot listen on 127.0.0.1:{ports['g']}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+PICKY = """
+[mesh]
+transport = "memory"
+admin_port = {admin}
+[topics.work]
+partitions = 2
+[services.picky]
+module = "tests.runtime.sample_services:picky"
+port = {picky}
+group = "picky-group"
+[services.picky.retry]
+max_attempts = 1
+[services.http_only]
+module = "tests.runtime.sample_services:http_only"
+port = {http_only}
+"""
+
+
+def picky_config(tmp_path: Path, ports) -> Path:
+    return write_config(tmp_path, PICKY.format(admin=ports["admin"], picky=ports["picky"],
+                                               http_only=ports["http_only"]))
+
+
+def start_up(config: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+    """`meshrun up` in its own process, returned once it logged mesh_ready (its log goes to a file, so a pipe
+    nobody reads never blocks it)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([*MESHRUN, "up", "--config", str(config), "--log-format", "json", *args],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(json.loads(line).get("event") == "mesh_ready" for line in log.read_text().splitlines()
+               if line.startswith("{")):
+            return proc
+        time.sleep(0.05)
+    stop(proc)
+    raise AssertionError(f"`meshrun up {' '.join(args)}` not ready: {log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def admin_topics(ports) -> dict[str, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/topics", timeout=10) as response:
+        return {t["name"]: t for t in json.load(response)["topics"]}
+
+
+def test_topics_json_counts_records_and_dead_letters_of_a_running_mesh(tmp_path, ports):
+    config = picky_config(tmp_path, ports)
+    proc = start_up(config, tmp_path / "mesh.log")
+    try:
+        for job in ("a", "b", "poison"):
+            request = urllib.request.Request(f"http://127.0.0.1:{ports['picky']}/jobs/{job}", method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 202
+        deadline = time.monotonic() + 30
+        while not (admin_topics(ports)["work.dlq"]["records"] == 1
+                   and sum(p["lag"] for p in admin_topics(ports)["work"]["groups"]["picky-group"]) == 0):
+            assert time.monotonic() < deadline, admin_topics(ports)
+            time.sleep(0.05)
+
+        result = run("topics", "--config", str(config), "--json")
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        topics = {t["name"]: t for t in document["topics"]}
+        assert document["transport"] == "memory" and set(topics) == {"work", "work.dlq"}
+        assert (topics["work"]["partitions"], topics["work"]["records"]) == (2, 3)
+        assert (topics["work.dlq"]["records"], topics["work.dlq"]["groups"]) == (1, {})
+        lags = topics["work"]["groups"]["picky-group"]
+        assert [set(p) for p in lags] == [{"partition", "log_start", "log_end", "committed", "lag"}] * 2
+        assert sum(p["committed"] for p in lags) == sum(p["log_end"] for p in lags) == 3
+
+        plain = run("topics", "--config", str(config))
+        assert plain.returncode == 0, plain.stderr
+        rows = [line.split() for line in plain.stdout.splitlines()]
+        assert rows[0] == ["topic", "partitions", "records"]
+        assert ["work", "2", "3"] in rows and ["work.dlq", "2", "1"] in rows
+        assert "! 1 dead-lettered record(s) of work" in plain.stdout
+    finally:
+        stop(proc)
+
+
+def test_split_memory_mesh_runs_side_by_side_and_topics_names_the_process_to_start(tmp_path, ports):
+    config = picky_config(tmp_path, ports)
+    without_topics = start_up(config, tmp_path / "http_only.log", "--only", "http_only")
+    try:
+        for command in (["topics"], ["replay", "--group", "picky-group", "--topic", "work", "--to", "earliest"]):
+            refused = run(*command, "--config", str(config))
+            assert refused.returncode == 2
+            assert "the in-memory mesh is not running" in refused.stderr
+            assert "the process that runs any of picky" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        # The process with topics opens the admin port; the one without left it free.
+        with_topics = start_up(config, tmp_path / "picky.log", "--except", "http_only")
+        try:
+            result = run("topics", "--config", str(config), "--json")
+            assert result.returncode == 0, result.stderr
+            assert [t["name"] for t in json.loads(result.stdout)["topics"]] == ["work", "work.dlq"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http_only']}/status", timeout=10) as response:
+                assert json.load(response) == {"status": "up"}
+        finally:
+            stop(with_topics)
+    finally:
+        stop(without_topics)

@@ -60,6 +60,29 @@ async def test_only_runs_the_selected_services(ports):
         await mesh.stop()
 
 
+async def test_a_mesh_without_topics_leaves_the_admin_port_to_the_mesh_with_topics(ports):
+    # As `meshrun up --only http_only` next to `meshrun up --except http_only`: one in-memory transport each.
+    data = greeter_config(ports)
+    data["mesh"] = {"admin_port": ports["admin"]}
+    data["services"]["http_only"] = {"module": "tests.runtime.sample_services:http_only", "port": ports["http_only"]}
+    config = make_config(data)
+    without_topics, with_topics = Mesh(config, ["http_only"]), Mesh(config, ["greeter"])
+    await without_topics.start()
+    try:
+        await with_topics.start()  # PortInUse (mesh.admin_port) if the first mesh had taken the port
+        try:
+            await asyncio.gather(without_topics.wait_ready(5), with_topics.wait_ready(5))
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{ports['admin']}/topics") as r:
+                    assert r.status == 200
+                    topics = (await r.json())["topics"]
+            assert [(t["name"], t["records"]) for t in topics] == [("greetings", 0), ("greetings.dlq", 0)]
+        finally:
+            await with_topics.stop()
+    finally:
+        await without_topics.stop()
+
+
 async def test_port_in_use_names_the_service_and_port(ports):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ports["greeter"]))

@@ -414,6 +414,28 @@ async def test_describe_shows_each_groups_committed_offsets_and_lag(transport: T
     assert topic in {i.name for i in await transport.describe()}
 
 
+async def test_describe_counts_the_records_of_every_topic_dead_letters_included(transport: Transport) -> None:
+    topic = await new_topic(transport, 3, dead_letters=True)
+    for i in range(5):
+        await transport.publish(topic, b"poison" if i == 2 else b"fine", key=str(i).encode())
+
+    async def refuse_poison(record: Record) -> None:
+        if record.value == b"poison":
+            raise ValueError("cannot handle poison")
+
+    group = unique("group")
+    await join(transport, topic, Collector(refuse_poison), group, retry=RetryConfig(max_attempts=1))
+    # Committed past the poison record only once it was durably dead-lettered, so the count is there now.
+    await eventually(caught_up(transport, topic, group, 5), what="all 5 records committed")
+
+    infos = {i.name: i for i in await transport.describe()}
+    dlq = infos[dead_letter_topic(topic)]
+    assert infos[topic].records == 5
+    assert (dlq.records, dlq.partitions, dlq.groups) == (1, 3, {})  # counted though no group reads it
+    [only_dlq] = await transport.describe([dead_letter_topic(topic)])
+    assert only_dlq.records == 1
+
+
 async def test_unknown_topics_are_refused(transport: Transport) -> None:
     missing = unique("undeclared")
     with pytest.raises(UnknownTopic, match=missing):
