@@ -38,6 +38,12 @@ KAFKA_OPTIONS: dict[str, type] = {
     "commit_interval_ms": int,
     "max_in_flight_per_partition": int,
     "max_unacked_per_partition": int,
+    "rebalance_timeout_ms": int,
+    # Seconds: how long a publish waits for the broker's acknowledgement before it fails as unavailable (the Order
+    # service then answers 503 with Retry-After), and how long a member may hold a partition with records past its
+    # position without fetching them before it is declared stalled and rejoins its group.
+    "publish_timeout": float,
+    "stall_timeout": float,
 }
 
 
@@ -78,7 +84,7 @@ class ServiceConfig:
 @dataclass(frozen=True, slots=True)
 class MemoryTransportConfig:
     retention: int = 2_000
-    publish_timeout: float = 30.0
+    publish_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +206,13 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
     mem = transport_table.table("memory")
     memory = MemoryTransportConfig(
         retention=mem.positive("retention", 2_000),
-        publish_timeout=mem.positive("publish_timeout", 30.0, float),
+        publish_timeout=mem.positive("publish_timeout", 10.0, float),
     )
     mem.finish()
     kafka_table = transport_table.table("kafka")
     options: dict[str, Any] = {}
     for option, kind in KAFKA_OPTIONS.items():
-        value = kafka_table.get(option, kind, None)
+        value = kafka_table.positive(option, None, float) if kind is float else kafka_table.get(option, kind, None)
         if value is not None:
             options[option] = value
     kafka_table.finish()

@@ -44,7 +44,15 @@ class GroupHasLiveMembers(MeshrunError):
         )
 
 
-class Backpressure(MeshrunError):
+class TransportUnavailable(MeshrunError):
+    """A publish could not be made durable in time, for a reason that passes by itself: the broker is away, or (in
+    memory) consumers are too far behind. Nothing was accepted; retry after `retry_after` seconds. A handler that
+    hits it waits and is handled again, without limit and never dead-lettered (see `delivery.deliver`)."""
+
+    retry_after: float = 1.0
+
+
+class Backpressure(TransportUnavailable):
     """A publish waited too long for slow consumers to make room in a bounded in-memory partition."""
 
 
@@ -85,11 +93,12 @@ class TopicPartitionMismatch(TransportStateError):
         )
 
 
-class BrokerUnavailable(MeshrunError):
+class BrokerUnavailable(TransportUnavailable):
     """The Kafka cluster could not be reached (or did not answer) within the configured time."""
 
-    def __init__(self, bootstrap_servers: str, detail: str) -> None:
+    def __init__(self, bootstrap_servers: str, detail: str, retry_after: float = 1.0) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.retry_after = retry_after
         super().__init__(
             f"cannot reach Kafka at {bootstrap_servers} ({detail}): start a local broker with `scripts/kafka start`, "
             "or point [transport.kafka] bootstrap_servers (env MESHRUN_KAFKA_BOOTSTRAP_SERVERS) at your cluster"

@@ -40,6 +40,10 @@ class _UtcTimestamp:
 _LEVEL_NAMES = {"warn": "warning", "exception": "error", "failure": "error", "err": "error", "fatal": "critical"}
 
 
+# Non-string keys (partition numbers: offsets by partition) become strings instead of raising TypeError.
+_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
 class _JsonLine:
     """structlog's add_log_level, the timestamp, format_exc_info and the JSON renderer in one processor: a busy mesh
     writes several lines per order, and each processor in the chain is one more call per line."""
@@ -52,7 +56,13 @@ class _JsonLine:
         self._timestamp(logger, method_name, event)
         if "exc_info" in event:
             event = dict(structlog.processors.format_exc_info(logger, method_name, event))
-        return orjson.dumps(event, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            return orjson.dumps(event, default=str, option=_JSON_OPTIONS)
+        except TypeError:
+            # A field orjson refuses (an integer too large, a non-string key of a type it does not know): a log
+            # line must never raise into the code that logs, which is often a fetch or retry loop.
+            return orjson.dumps({str(k): v if isinstance(v, (str, float, bool)) else str(v)
+                                 for k, v in event.items()}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class _LineWriter:

@@ -160,8 +160,8 @@ class RunningService:
     subscriptions: list[Subscription] = field(default_factory=list)
 
     async def problems(self) -> list[str]:
-        found = [f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
-                 if s.state is not SubscriptionState.ASSIGNED]
+        found = [s.problem or f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
+                 if s.state is not SubscriptionState.ASSIGNED or s.problem]
         if self.ctx.guard is not None:
             problem = await self.ctx.guard.ready()
             if problem:
@@ -237,7 +237,8 @@ class Mesh:
         if self.owns_transport:
             await self.transport.start()
         self._transport_started = True
-        await self.transport.ensure_topics(self.topics_needed(loaded))
+        needed = self.topics_needed(loaded)
+        await self.transport.ensure_topics(needed)
         self.decoded.shared_topics = self.shared_topics(loaded)
         self.decoded.capacity = self.decode_cache_size(self.decoded.shared_topics)
         try:
@@ -257,7 +258,9 @@ class Mesh:
                 await self._start_consumers(running)
             # The admin endpoint serves the in-memory transport, which lives in this process; a Kafka mesh is
             # split across processes that would all claim the port, and `meshrun topics` asks Kafka directly.
-            if self.config.admin_port is not None and self.transport.name == "memory":
+            # A process holding no topic has nothing to show or replay, so it leaves the port to the one that
+            # does: `meshrun up --only users` runs next to `meshrun up --except users`.
+            if self.config.admin_port is not None and self.transport.name == "memory" and needed:
                 await self._start_admin()
         except BaseException:
             await self.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from meshrun import Service, ServiceContext
-from meshrun.errors import Backpressure
+from meshrun.errors import TransportUnavailable
 from meshrun.http.server import CLAIMS, json_error, json_response
 from meshrun.services.events import ORDER_EVENTS, LineItem, OrderPlaced
 from meshrun.settings import settings_from
@@ -183,9 +184,17 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
                               "status": "already_accepted"}, status=200)
     try:
         where = await ctx.publish(ORDER_EVENTS, order, key=order.order_id)
-    except Backpressure as exc:
+    except TransportUnavailable as exc:
+        # The broker is away or (in memory) consumers are far behind: nothing was accepted, and the client is told
+        # when to come back instead of hanging on (publish_timeout bounds the wait).
         ledger.settle(order.order_id, None, exc)
-        return json_error(503, "backpressure", str(exc), field=None)
+        ctx.log.warning("order_refused_transport_unavailable", order_id=order.order_id, error=str(exc),
+                        trace_id=order.trace_id)
+        retry_after = max(1, math.ceil(exc.retry_after))
+        response = json_error(503, "unavailable", f"the order was not accepted: {exc}; retry in {retry_after}s",
+                              field=None, retry_after=retry_after)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     except Exception as exc:
         ledger.settle(order.order_id, None, exc)
         ctx.log.warning("order_publish_failed", order_id=order.order_id, error=repr(exc), trace_id=order.trace_id)

@@ -70,9 +70,13 @@ class PartitionLag:
 
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
+    """A topic as the transport holds it now: `records` is the sum over its partitions of log end minus log start
+    (what retention has not removed yet), so a dead-letter topic that received anything shows it at once."""
+
     name: str
     partitions: int
     groups: dict[str, list[PartitionLag]] = field(default_factory=dict)
+    records: int = 0
 
 
 class SubscriptionState(enum.Enum):
@@ -100,6 +104,12 @@ class Subscription(abc.ABC):
     @property
     @abc.abstractmethod
     def assigned_partitions(self) -> frozenset[int]: ...
+
+    @property
+    def problem(self) -> str | None:
+        """Why this member is not working right now (say, stalled and rejoining its group), for readiness; None
+        when it is fine."""
+        return None
 
     async def wait_joined(self, timeout: float | None = None) -> None:
         """Return once the member has joined its group and received an assignment (possibly empty)."""
@@ -164,7 +174,8 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
-        """Topics, their partitions, and each group's committed offsets and lag."""
+        """Topics (without a list: every topic, dead-letter topics included, not the broker's internal ones), their
+        partitions, the records each holds, and each group's committed offsets and lag."""
 
     @abc.abstractmethod
     async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:

@@ -11,6 +11,7 @@ from typing import Awaitable, Callable, Sequence, cast
 import structlog
 
 from meshrun.config import RetryConfig
+from meshrun.errors import TransportUnavailable
 from meshrun.transport.base import Acks, BatchHandler, Handler, Headers, Record
 
 log = structlog.get_logger("meshrun.delivery")
@@ -41,6 +42,13 @@ def first_error(acks: Acks) -> BaseException | None:
         if error is not None:
             return error
     return None
+
+
+def waits_without_limit(error: BaseException) -> bool:
+    """A failure that makes a record wait rather than count an attempt: the handler said a dependency is down
+    (RetryLater), or a publish could not be made durable because the transport is away or backed up (an outage
+    must make work wait, never dead-letter it)."""
+    return isinstance(error, (RetryLater, TransportUnavailable))
 
 
 def transient_error(error: BaseException) -> bool:
@@ -127,9 +135,8 @@ async def deliver(
     delay = retry.backoff_initial
     while True:
         where = dict(topic=record.topic, partition=record.partition, offset=record.offset, group=group)
-        if isinstance(error, PoisonEvent) or (
-            not isinstance(error, RetryLater) and attempts >= retry.max_attempts
-        ):
+        waiting = waits_without_limit(error)
+        if isinstance(error, PoisonEvent) or (not waiting and attempts >= retry.max_attempts):
             if not retry.dead_letter:
                 log.error("handler_failed_no_dead_letter", error=repr(error), attempts=attempts, **where)
             else:
@@ -149,7 +156,7 @@ async def deliver(
                           **where)
                 return ()
             # Without a dead-letter topic the record is retried forever rather than dropped.
-        if isinstance(error, RetryLater):
+        if waiting:
             transient += 1
             if transient == 1 or transient % 20 == 0:
                 log.warning("handler_waiting_for_dependency", error=str(error), retries=transient, **where)
@@ -168,7 +175,7 @@ async def deliver(
             raise
         except BaseException as exc:  # noqa: BLE001
             error = exc
-            if not isinstance(exc, RetryLater):
+            if not waits_without_limit(exc):
                 attempts += 1
 
 
@@ -224,7 +231,7 @@ async def deliver_batch(
             return acks
         except asyncio.CancelledError:
             raise
-        except RetryLater as exc:
+        except (RetryLater, TransportUnavailable) as exc:
             waits += 1
             if waits == 1 or waits % 20 == 0:
                 log.warning("handler_waiting_for_dependency", error=str(exc), retries=waits,

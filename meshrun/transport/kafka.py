@@ -6,13 +6,14 @@ cluster administration (topics, groups, offsets) in `kafka_admin`, option routin
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from datetime import datetime
 from typing import Any, Sequence
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
 from meshrun.errors import BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
@@ -32,6 +33,8 @@ from meshrun.transport.base import (
 )
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
 from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
+from meshrun.transport.delivery import transient_error
+from meshrun.transport.kafka_producer import PRODUCER_STATE_ERRORS, ReplaceableProducer
 from meshrun.transport.kafka_subscription import KafkaSubscription
 from meshrun.transport.partitioner import partition_for
 
@@ -58,7 +61,7 @@ class KafkaTransport(Transport):
     def __init__(self, config: KafkaTransportConfig | None = None) -> None:
         self.config = config or KafkaTransportConfig()
         self.options = KafkaClientOptions.from_config(self.config)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = ReplaceableProducer(self.options, _KeyPartitioner())
         self._admin = KafkaAdmin(self.options)
         self._partitions: dict[str, int] = {}
         self._subscriptions: set[KafkaSubscription] = set()
@@ -67,41 +70,26 @@ class KafkaTransport(Transport):
         quiet_repeated_aiokafka_logs()
 
     async def start(self) -> None:
-        if self._producer is not None:
+        if self._producer.current is not None:
             return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.options.bootstrap_servers,
-            client_id=f"{self.options.client_id}-producer",
-            # Idempotence with acks from all in-sync replicas: a retried send is written once, and an
-            # acknowledged record survives the loss of the partition leader.
-            enable_idempotence=True,
-            acks="all",
-            partitioner=_KeyPartitioner(),
-            **self.options.common,
-            **self.options.producer,
-        )
-        await start_client(producer, "producer", self.options)
+        await self._producer.start()
         try:
             await self._admin.start()
         except BaseException:
-            await producer.stop()
+            await self._producer.stop()
             raise
-        self._producer = producer
         log.info("kafka_transport_started", bootstrap_servers=self.options.bootstrap_servers)
 
     async def stop(self) -> None:
         subscriptions = list(self._subscriptions)
         await asyncio.gather(*(s.stop(0.0) for s in subscriptions), return_exceptions=True)
         self._subscriptions.clear()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()  # sends what is still buffered first
+        await self._producer.stop()  # sends what is still buffered first, for at most publish_timeout
         await self._admin.close()
 
-    def _require_started(self) -> AIOKafkaProducer:
-        if self._producer is None:
+    def _require_started(self) -> None:
+        if self._producer.current is None:
             raise TransportStateError("the Kafka transport is not started: call `await transport.start()` first")
-        return self._producer
 
     async def ensure_topics(self, topics: Sequence[TopicConfig]) -> None:
         self._require_started()
@@ -114,7 +102,7 @@ class KafkaTransport(Transport):
             count = self._partitions[topic] = await self._admin.partition_count(topic)
         return count
 
-    def _partition_of(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
+    def _partition_of(self, producer: AIOKafkaProducer, *, topic: str, key: bytes | None) -> int | None:
         """The key's partition from the producer's current metadata, or None before the producer has the topic's
         metadata (aiokafka then waits for it and asks `_KeyPartitioner`, which gives the same answer for a key).
         Naming the partition spares `send` aiokafka's partitioner call and its copies of the partition lists
@@ -130,36 +118,38 @@ class KafkaTransport(Transport):
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Headers = ()) -> RecordMetadata:
-        producer = self._require_started()
-        if topic not in self._partitions:  # checked once per topic (a coroutine call per publish costs)
-            await self._partition_count(topic)
+        """Append one record and wait for its acknowledgement, for at most `publish_timeout` seconds: then (or when
+        the broker is unreachable) BrokerUnavailable, and the caller knows the record may not have been written."""
         try:
-            # send() only queues the record in a batch; awaiting its future waits for this record's ack, so
-            # concurrent publishers share requests to the broker instead of waiting for each other.
-            ack = await producer.send(topic, value, key=key, headers=list(headers) or None,
-                                      partition=self._partition_of(producer, topic, key))
-            sent = await ack
+            async with asyncio.timeout(self.options.publish_timeout):
+                # send() only queues the record in a batch; awaiting its future waits for this record's ack, so
+                # concurrent publishers share requests to the broker instead of waiting for each other.
+                sent = await (await self.send(topic, value, key=key, headers=headers))
+        except TimeoutError:
+            raise BrokerUnavailable(self.options.bootstrap_servers,
+                                    f"publish to {topic!r} not acknowledged within publish_timeout "
+                                    f"({self.options.publish_timeout:g}s)",
+                                    retry_after=self.options.publish_timeout) from None
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
             raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not acknowledged: "
                                                                     f"{exc!r}") from exc
+        except KafkaError as exc:
+            if transient_error(exc) or isinstance(exc, PRODUCER_STATE_ERRORS):
+                raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not acknowledged: "
+                                                                        f"{exc!r}") from exc
+            raise
         return RecordMetadata(sent.topic, sent.partition, sent.offset)
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
                    headers: Headers = ()) -> asyncio.Future[Any]:
-        producer = self._require_started()
-        if topic not in self._partitions:
+        self._require_started()
+        if topic not in self._partitions:  # checked once per topic (a coroutine call per publish costs)
             await self._partition_count(topic)
-        try:
-            # Returns once the record is in the producer's batch for its partition (in call order); the future
-            # resolves with the broker's acknowledgement.
-            ack: asyncio.Future[Any] = await producer.send(topic, value, key=key, headers=list(headers) or None,
-                                                           partition=self._partition_of(producer, topic, key))
-            return ack
-        except (KafkaConnectionError, KafkaTimeoutError) as exc:
-            log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
-            raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not queued: "
-                                                                    f"{exc!r}") from exc
+        # Returns once the record is in the producer's batch for its partition (in call order); the future
+        # resolves with the broker's acknowledgement.
+        return await self._producer.send(topic, value, key, list(headers) or None,
+                                         functools.partial(self._partition_of, topic=topic, key=key))
 
     async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
         if topic not in self._partitions:
@@ -200,7 +190,8 @@ class KafkaTransport(Transport):
                 if mine:
                     groups[group] = [PartitionLag(tp.partition, starts[tp], ends[tp], mine.get(tp.partition))
                                      for tp in partitions_of(name, counts[name])]
-            infos.append(TopicInfo(name, counts[name], groups))
+            held = sum(ends[tp] - starts[tp] for tp in partitions_of(name, counts[name]))
+            infos.append(TopicInfo(name, counts[name], groups, records=held))
         return infos
 
     def live_members(self, group: str) -> int:

@@ -18,6 +18,7 @@ from aiokafka.helpers import create_ssl_context
 
 from meshrun.config import MAX_BUFFERED_PER_PARTITION, KafkaTransportConfig
 from meshrun.errors import BrokerUnavailable, MeshrunError
+from meshrun.transport.kafka_backoff import pace_metadata_refresh
 
 log = structlog.get_logger("meshrun.transport.kafka")
 
@@ -27,7 +28,8 @@ _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 _PRODUCER = ("linger_ms",)
 _CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms",
              "max_partition_fetch_bytes", "fetch_max_bytes", "fetch_min_bytes", "fetch_max_wait_ms")
-_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition")
+_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition",
+            "publish_timeout", "stall_timeout")
 KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
 
 
@@ -50,6 +52,10 @@ class KafkaClientOptions:
     revoke_grace_period: float
     # Idle consumers long-poll (see kafka_fetch); off when the configuration sets the fetch options itself.
     idle_long_poll: bool = True
+    # Seconds a publish waits for its acknowledgement before failing as unavailable (BrokerUnavailable).
+    publish_timeout: float = 10.0
+    # Seconds a member may leave a partition's newer records unfetched before it is declared stalled and rejoins.
+    stall_timeout: float = 30.0
 
     @property
     def connect_timeout(self) -> float:
@@ -97,6 +103,8 @@ class KafkaClientOptions:
             max_unacked_per_partition=max(1, int(options.get("max_unacked_per_partition", 256))),
             revoke_grace_period=consumer["rebalance_timeout_ms"] / 2000,
             idle_long_poll=idle_long_poll,
+            publish_timeout=float(options.get("publish_timeout", 10.0)),
+            stall_timeout=float(options.get("stall_timeout", 30.0)),
         )
 
 
@@ -129,6 +137,7 @@ async def start_client(client: Startable, what: str, options: KafkaClientOptions
     """
     deadline = time.monotonic() + options.connect_timeout
     delay = 0.25
+    pace_metadata_refresh(client)
     while True:
         try:
             await client.start()

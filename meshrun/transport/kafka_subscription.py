@@ -18,7 +18,6 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaError,
     KafkaTimeoutError,
-    OutOfOrderSequenceNumber,
 )
 from aiokafka.structs import ConsumerRecord
 
@@ -41,8 +40,11 @@ from meshrun.transport.delivery import (
     split_handler,
     transient_error,
 )
+from meshrun.errors import BrokerUnavailable, TransportUnavailable
 from meshrun.transport.kafka_fetch import FetchPacing
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
+from meshrun.transport.kafka_producer import PRODUCER_STATE_ERRORS
+from meshrun.transport.stall import PartitionProgress, Stall, StallWatch
 
 log = structlog.get_logger("meshrun.transport.kafka")
 
@@ -79,6 +81,7 @@ class _PartitionWorker:
         self.unacked_records = 0  # records in `unacked`: what max_unacked_per_partition bounds
         self.done = position
         self.committed = position
+        self.fetched = position  # the offset after the last record fed to this worker (what the stall watch reads)
         self.paused = False
         self.stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -86,6 +89,7 @@ class _PartitionWorker:
 
     def feed(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         self.queue.extend(messages)
+        self.fetched = messages[-1].offset + 1
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -173,8 +177,10 @@ class _PartitionWorker:
 
 def transient_publish_error(error: BaseException) -> bool:
     """A publish failure that passes by itself: the broker unreachable or busy, or a batch refused after an earlier
-    one failed (out of sequence); not one that is refused for good (too large, not authorised)."""
-    return isinstance(error, (KafkaTimeoutError, OutOfOrderSequenceNumber)) or transient_error(error)
+    one failed (out of sequence: the transport replaces its producer); not one that is refused for good (too large,
+    not authorised)."""
+    return (isinstance(error, (KafkaTimeoutError, TransportUnavailable) + PRODUCER_STATE_ERRORS)
+            or transient_error(error))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -203,39 +209,61 @@ class KafkaSubscription(Subscription):
         self.max_batch = max_batch
         self.retry = retry
         self.dead_letter = dead_letter
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=options.bootstrap_servers, group_id=group, client_id=f"{options.client_id}-{member}",
-            enable_auto_commit=False, auto_offset_reset=start_from, **options.common, **options.consumer)
+        self.start_from = start_from
+        self.consumer = self._new_consumer()
         self._state = SubscriptionState.JOINING
         self._joined = asyncio.Event()
+        self._problem: str | None = None
         self._workers: dict[int, _PartitionWorker] = {}
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._fetch_task: asyncio.Task[None] | None = None
-        self._pacing = FetchPacing(self.consumer, options.consumer["fetch_min_bytes"],
-                                   options.consumer["fetch_max_wait_ms"], enabled=options.idle_long_poll)
+        self._watch_task: asyncio.Task[None] | None = None
+        self._pacing = self._new_pacing()
+        self._stalls = StallWatch(options.stall_timeout)
         self._where = dict(topic=topic, group=group, member=member)
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        options = self.options
+        return AIOKafkaConsumer(
+            bootstrap_servers=options.bootstrap_servers, group_id=self.group,
+            client_id=f"{options.client_id}-{self.member}", enable_auto_commit=False,
+            auto_offset_reset=self.start_from, **options.common, **options.consumer)
+
+    def _new_pacing(self) -> FetchPacing:
+        return FetchPacing(self.consumer, self.options.consumer["fetch_min_bytes"],
+                           self.options.consumer["fetch_max_wait_ms"], enabled=self.options.idle_long_poll)
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
         return frozenset(self._workers)
 
     async def start(self) -> None:
+        await self._start_consumer()
+        self._watch_task = asyncio.create_task(self._watch(), name=f"{self.group}:{self.topic}:watch")
+
+    async def _start_consumer(self) -> None:
         await start_client(self.consumer, f"consumer {self.member}", self.options)
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._fetch_task = asyncio.create_task(self._fetch(), name=f"{self.group}:{self.topic}:fetch")
 
-    async def stop(self, grace_period: float) -> None:
-        if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
-            return
-        self._state = SubscriptionState.STOPPING
+    async def _stop_fetching(self) -> None:
         if self._fetch_task is not None:
             # Cancelling is safe at any await of the loop: records are handed to workers without awaiting.
             # The loop also checks the state, in case a library call swallows the cancellation.
             self._fetch_task.cancel()
             await asyncio.gather(self._fetch_task, return_exceptions=True)
+
+    async def stop(self, grace_period: float) -> None:
+        if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
+            return
+        self._state = SubscriptionState.STOPPING
+        if self._watch_task is not None and self._watch_task is not asyncio.current_task():
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await self._stop_fetching()
         await self.retire(set(self._workers), grace_period)
-        await self.consumer.stop()  # leaves the group, so the others take over at once
+        await self._close_consumer(self.consumer)  # leaves the group, so the others take over at once
         for worker in self._workers.values():  # assigned by a rebalance that raced with this stop: never ran
             worker.stop()
         self._workers.clear()
@@ -245,29 +273,116 @@ class KafkaSubscription(Subscription):
     # --- the fetch loop ---------------------------------------------------------------------------------------------
 
     async def _fetch(self) -> None:
-        """Fetch batches, feed each partition's worker, and commit what the workers finished every interval."""
-        timeout_ms = max(1, int(self.options.commit_interval * 1000))
+        """Fetch batches, feed each partition's worker, and commit what the workers finished every interval.
+
+        Nothing but a stop ends this loop: a failed fetch or commit, a bad reply, or a bug in a log call once ended it
+        silently after a broker restart, and the member then held its partitions without fetching for good. Each
+        failure is logged and the loop goes on after a backoff (the stall watch catches what still goes wrong)."""
         backoff = 0.1
         while self._state not in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
             try:
-                batch = await self.consumer.getmany(timeout_ms=timeout_ms)
+                await self._fetch_once()
+                backoff = 0.1
+                continue
             except ConsumerStoppedError:
                 return
-            except Exception as exc:  # noqa: BLE001 - a consumer must outlive a broker restart or a bad reply
-                # aiokafka reconnects by itself; wait a little and fetch again.
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED) or (
+                        task is not None and task.cancelling()):
+                    raise
+                # A cancellation this task was not asked for: a library call cancelled a future of its own.
+                log.warning("kafka_fetch_failed_retrying", error="CancelledError inside aiokafka", retry_in=backoff,
+                            **self._where)
+            except KafkaError as exc:  # aiokafka reconnects by itself: fetch again after a pause
                 log.warning("kafka_fetch_failed_retrying", error=repr(exc), retry_in=backoff, **self._where)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:  # noqa: BLE001 - a consumer must outlive a broker restart or a bad reply
+                log.exception("kafka_fetch_loop_error", retry_in=backoff, **self._where)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _fetch_once(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=max(1, int(self.options.commit_interval * 1000)))
+        self._pacing.fetched(sum(len(messages) for messages in batch.values()), time.monotonic())
+        for tp, messages in batch.items():
+            worker = self._workers.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
+            worker.feed(messages)
+            if not worker.paused and len(worker.queue) >= self.options.max_buffered_per_partition:
+                self._pause(worker)
+        if time.monotonic() - self._last_commit >= self.options.commit_interval:
+            await self.commit()
+
+    # --- stalls -----------------------------------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    async def _watch(self) -> None:
+        """Every few seconds: is a partition of this member behind with nothing fetched (see `StallWatch`), or did
+        the fetch loop end? Then log `partition_stalled`, report it through readiness, and rejoin the group with a
+        new consumer."""
+        interval = max(0.5, min(5.0, self.options.stall_timeout / 4))
+        while self._state not in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
+            await asyncio.sleep(interval)
+            try:
+                stalls = await self._find_stalls()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker away: nothing to compare with this round
+                log.debug("kafka_stall_check_failed", error=repr(exc), **self._where)
                 continue
-            backoff = 0.1
-            self._pacing.fetched(sum(len(messages) for messages in batch.values()), time.monotonic())
-            for tp, messages in batch.items():
-                worker = self._workers.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
-                worker.feed(messages)
-                if not worker.paused and len(worker.queue) >= self.options.max_buffered_per_partition:
-                    self._pause(worker)
-            if time.monotonic() - self._last_commit >= self.options.commit_interval:
-                await self.commit()
+            if stalls is None:
+                continue
+            fetch_ended = self._fetch_task is not None and self._fetch_task.done()
+            if not stalls and not fetch_ended:
+                continue
+            reason = ("the fetch loop ended" if fetch_ended and not stalls
+                      else "; ".join(stall.describe() for stall in stalls))
+            self._problem = f"consumer of {self.topic} in {self.group} stalled ({reason}): rejoining the group"
+            log.error("partition_stalled", reason=reason, partitions=[st.partition for st in stalls],
+                      stall_timeout=self.options.stall_timeout, **self._where)
+            await self._rejoin()
+
+    async def _find_stalls(self) -> list[Stall] | None:
+        workers = [w for w in self._workers.values() if not w.task.done()]
+        if self._state is not SubscriptionState.ASSIGNED or not workers:
+            self._stalls.reset()
+            return [] if self._state is SubscriptionState.ASSIGNED else None
+        async with asyncio.timeout(min(self.options.connect_timeout, 10.0)):
+            ends = await self.consumer.end_offsets([w.tp for w in workers])
+        progress = [PartitionProgress(w.tp.partition, w.fetched, ends.get(w.tp, 0), bool(w.queue) or w.paused)
+                    for w in workers if w.tp.partition in self._workers]
+        return self._stalls.observe(progress, time.monotonic())
+
+    async def _rejoin(self) -> None:
+        """Leave the group and join again with a new consumer: what is done is committed, the rest is fetched again
+        from the committed offsets (at least once). Readiness reports the member as joining until it is assigned."""
+        self._state = SubscriptionState.JOINING
+        self._joined.clear()
+        self._stalls.reset()
+        await self._stop_fetching()
+        await self.retire(set(self._workers), self.options.revoke_grace_period)
+        old, self.consumer = self.consumer, self._new_consumer()
+        self._pacing = self._new_pacing()
+        await self._close_consumer(old)
+        while self._state is SubscriptionState.JOINING:
+            try:
+                await self._start_consumer()
+                log.info("kafka_member_rejoining", **self._where)
+                return
+            except BrokerUnavailable as exc:  # start_client gave up for now: the broker is still away
+                log.warning("kafka_rejoin_failed_retrying", error=str(exc), **self._where)
+                self.consumer = self._new_consumer()
+                self._pacing = self._new_pacing()
+
+    async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop a consumer (it leaves its group), without waiting for long for a broker that is away."""
+        try:
+            async with asyncio.timeout(min(self.options.connect_timeout, 10.0)):
+                await consumer.stop()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("kafka_consumer_stop_failed", error=repr(exc), **self._where)
 
     def _add_worker(self, partition: int, position: int) -> _PartitionWorker:
         worker = self._workers[partition] = _PartitionWorker(self, partition, position)
@@ -358,10 +473,11 @@ class KafkaSubscription(Subscription):
             finally:
                 with contextlib.suppress(IllegalStateError):  # already revoked again
                     self.consumer.resume(*tps)
+        self._problem = None
         log.info("kafka_partitions_assigned", partitions=sorted(partitions), **self._where)
         self._state = SubscriptionState.ASSIGNED if self._state is SubscriptionState.JOINING else self._state
         self._joined.set()
 
 
-def _show(offsets: dict[TopicPartition, int]) -> dict[int, int]:
-    return {tp.partition: offset for tp, offset in offsets.items()}
+def _show(offsets: dict[TopicPartition, int]) -> dict[str, int]:
+    return {str(tp.partition): offset for tp, offset in offsets.items()}

@@ -68,3 +68,13 @@ def test_timestamps_are_utc_with_microseconds_and_follow_the_clock(monkeypatch: 
                           (1_796_162_687.042_000, "2026-12-01T22:04:47.042000Z")]:
         monkeypatch.setattr(logs.time, "time", lambda now=now: now)
         assert stamp(None, "info", {})["timestamp"] == expected
+
+
+def test_a_json_line_with_fields_orjson_refuses_is_still_written() -> None:
+    """Offsets by partition (integer keys) once made the JSON renderer raise TypeError inside a Kafka consumer's
+    fetch loop, which ended the loop silently: a log call must never raise."""
+    render = logs._JsonLine()
+    line = orjson.loads(render(None, "warning", {"event": "kafka_commit_failed", "offsets": {0: 12, 2: 7}}))
+    assert line["offsets"] == {"0": 12, "2": 7} and line["level"] == "warning"
+    huge = orjson.loads(render(None, "info", {"event": "big", "n": 2**70, "k": {(1, 2): "tuple key"}}))
+    assert huge["event"] == "big" and huge["n"] == str(2**70) and "tuple key" in huge["k"]
