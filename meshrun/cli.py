@@ -12,7 +12,7 @@ import click
 
 from meshrun.config import MeshConfig, load_config
 from meshrun.errors import MeshrunError
-from meshrun.logs import configure_logging
+from meshrun.logs import configure_logging, flush_logs
 from meshrun.registry import load_services, select
 
 T = TypeVar("T")
@@ -93,9 +93,24 @@ def up(config_path: str, transport: str | None, only: str | None, exclude: str |
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         mesh = Mesh(config, names)
+
+        def exit_now(event: str, code: int) -> None:
+            mesh.log.error(event, grace_period=config.grace_period)
+            flush_logs()
+            os._exit(code)
+
+        def on_signal() -> None:
+            # The first signal stops gracefully, within grace_period plus STOP_MARGIN seconds even when a broker or
+            # a downstream service is away; a second one (Ctrl-C again) exits at once. Either way nothing acknowledged
+            # is lost: what was not committed is redelivered to the next consumer.
+            if stop.is_set():
+                exit_now("mesh_stopped_at_second_signal", 130)
+            stop.set()
+            loop.call_later(config.grace_period + STOP_MARGIN, exit_now, "mesh_stop_timed_out", 1)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
         if config.transport == "memory" and len(names) < len(config.services):
             mesh.log.warning("memory_transport_is_per_process",
                              hint="events do not cross processes; use --transport kafka to split a mesh")
@@ -105,6 +120,11 @@ def up(config_path: str, transport: str | None, only: str | None, exclude: str |
         run_loop(serve)
     except (MeshrunError, TimeoutError) as exc:
         fail(exc)
+
+
+# Seconds a graceful stop may take beyond grace_period (commits, leaving groups, flushing the producer: each bounded
+# on its own) before the process exits anyway.
+STOP_MARGIN = 5.0
 
 
 def _run_workers(workers: int, argv: list[str]) -> int:
