@@ -242,3 +242,39 @@ def test_a_window_of_stored_records_is_the_same_read_from_either_end() -> None:
     stored = deque(Record("t", 0, offset, None, b"") for offset in range(200))
     for start, stop in [(0, 5), (3, 103), (150, 160), (190, 250), (199, 200), (200, 210), (100, 100)]:
         assert [r.offset for r in _window(stored, start, stop)] == list(range(start, min(stop, 200)))
+
+
+async def test_a_stage_whose_output_is_backed_up_waits_and_dead_letters_nothing():
+    """Billing publishing into invoice-events while Notification is stopped: the publish fails with Backpressure
+    after publish_timeout, again and again, and the order waits (never dead-lettered) until room is made."""
+    transport = InMemoryTransport(MemoryTransportConfig(retention=3, publish_timeout=0.05))
+    await transport.start()
+    await transport.ensure_topics([TopicConfig("orders", 1), TopicConfig("orders.dlq", 1), TopicConfig("invoices", 1)])
+    retry = RetryConfig(max_attempts=2, backoff_initial=0.01, backoff_max=0.05)
+    consuming = asyncio.Event()
+    invoiced: list[bytes] = []
+
+    async def bill(record: Record) -> None:
+        await transport.publish("invoices", record.value, key=record.key)
+
+    async def notify(record: Record) -> None:
+        await consuming.wait()
+        invoiced.append(record.value)
+
+    await transport.subscribe("orders", "billing", bill, retry=retry)
+    notifier = await transport.subscribe("invoices", "notification", notify, retry=retry)
+    for i in range(5):
+        while True:  # the orders topic is bounded too: the test's own publishes wait like any publisher
+            try:
+                await transport.publish("orders", str(i).encode(), key=b"k")
+                break
+            except Backpressure:
+                continue
+    part = transport._topics["invoices"].partitions[0]
+    await eventually(lambda: len(part.space_waiters) == 1, what="billing to wait for room in invoices")
+    await asyncio.sleep(0.3)  # several publish timeouts: each would have been an attempt toward the dead letters
+    consuming.set()
+    await eventually(lambda: invoiced == [b"0", b"1", b"2", b"3", b"4"], what="every order invoiced once, in order")
+    assert transport._topics["orders.dlq"].partitions[0].records == type(part.records)()
+    await notifier.stop(0.05)
+    await transport.stop()

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import pytest
 
 from meshrun.config import RetryConfig, TopicConfig
-from meshrun.errors import GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.errors import Backpressure, BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
 from meshrun.transport.base import Record, StartFrom, Subscription, Transport
 from meshrun.transport.delivery import PoisonEvent, RetryLater, dead_letter_topic
 from meshrun.transport.partitioner import partition_for
@@ -296,6 +296,35 @@ async def test_retry_later_is_retried_beyond_max_attempts_until_it_succeeds(tran
     await eventually(lambda: calls == 6, what="the sixth call")
     assert got.values == [b"reserve"] * 6
     # Nothing was dead-lettered: a group that reads the dead-letter topic finds it empty.
+    reader = unique("group")
+    await (await join(transport, dead_letter_topic(topic), Collector(), reader)).stop(grace_period=5)
+    [dlq] = await transport.describe([dead_letter_topic(topic)])
+    assert [p.log_end for p in dlq.groups[reader]] == [0]
+
+
+@pytest.mark.parametrize("max_batch", [1, 10])
+@pytest.mark.parametrize("unavailable", [Backpressure("consumers far behind"),
+                                         BrokerUnavailable("127.0.0.1:9", "publish not acknowledged")],
+                         ids=["backpressure", "broker-away"])
+async def test_a_publish_refused_because_the_transport_is_away_makes_the_record_wait_never_dead_letters_it(
+        transport: Transport, unavailable: Exception, max_batch: int) -> None:
+    """What a handler's publish raises while the broker is away (or, in memory, consumers are far behind) is an
+    outage, not a failure of the record: it waits beyond max_attempts instead of going to the dead-letter topic."""
+    topic = await new_topic(transport, 1, dead_letters=True)
+    calls = 0
+
+    async def publish_refused_five_times(records: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise unavailable
+
+    got = BatchCollector(publish_refused_five_times) if max_batch > 1 else Collector(publish_refused_five_times)
+    await join(transport, topic, got, retry=RetryConfig(max_attempts=2, backoff_initial=0.01, backoff_max=0.02),
+               max_batch=max_batch)
+    await transport.publish(topic, b"invoice")
+    await eventually(lambda: calls == 6, what="the sixth call")
+    assert got.values == [b"invoice"] * 6
     reader = unique("group")
     await (await join(transport, dead_letter_topic(topic), Collector(), reader)).stop(grace_period=5)
     [dlq] = await transport.describe([dead_letter_topic(topic)])
