@@ -158,6 +158,13 @@ async def create_ledger(ctx: ServiceContext) -> None:
     ctx.state["ledger"] = OrderLedger(ctx.settings.remember_orders)
 
 
+def _unavailable(message: str, retry_after: int) -> web.Response:
+    """503: nothing was accepted; the client retries the same order id after `retry_after` seconds."""
+    response = json_error(503, "unavailable", message, field=None, retry_after=retry_after)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 @service.route("POST", "/orders/{order_id}", scope="orders.write")
 async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response:
     customer = request[CLAIMS].sub
@@ -175,7 +182,7 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
         try:
             accepted = first if isinstance(first, Accepted) else await asyncio.shield(first)
         except Exception:
-            return json_error(503, "unavailable", "the first request for this order failed; retry", field=None)
+            return _unavailable("the first request for this order failed; retry", 1)
         if accepted.fingerprint != fingerprint:
             return json_error(409, "order_conflict",
                               f"order {order.order_id} was already placed with a different body or customer",
@@ -191,15 +198,11 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
         ctx.log.warning("order_refused_transport_unavailable", order_id=order.order_id, error=str(exc),
                         trace_id=order.trace_id)
         retry_after = max(1, math.ceil(exc.retry_after))
-        response = json_error(503, "unavailable", f"the order was not accepted: {exc}; retry in {retry_after}s",
-                              field=None, retry_after=retry_after)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+        return _unavailable(f"the order was not accepted: {exc}; retry in {retry_after}s", retry_after)
     except Exception as exc:
         ledger.settle(order.order_id, None, exc)
         ctx.log.warning("order_publish_failed", order_id=order.order_id, error=repr(exc), trace_id=order.trace_id)
-        return json_error(503, "unavailable", "the order could not be published; nothing was accepted, retry",
-                          field=None)
+        return _unavailable("the order could not be published; nothing was accepted, retry", 1)
     ledger.settle(order.order_id, Accepted(order.order_id, order.event_id, fingerprint))
     ctx.log.info("order_accepted", order_id=order.order_id, event_id=order.event_id, trace_id=order.trace_id,
                  customer=customer, partition=where.partition, offset=where.offset)

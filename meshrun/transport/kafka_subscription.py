@@ -461,13 +461,15 @@ class KafkaSubscription(Subscription):
         if tps:
             self.consumer.pause(*tps)
             try:
-                positions = await asyncio.gather(*(self.consumer.position(tp) for tp in tps))
-                async with self._commit_lock:
-                    await self.consumer.commit(dict(zip(tps, positions, strict=True)))
+                # Bounded: a rebalance callback that never returns would hold the whole group's rebalance.
+                async with asyncio.timeout(min(self.options.connect_timeout, 10.0)):
+                    positions = await asyncio.gather(*(self.consumer.position(tp) for tp in tps))
+                    async with self._commit_lock:
+                        await self.consumer.commit(dict(zip(tps, positions, strict=True)))
                 for tp, position in zip(tps, positions, strict=True):
                     if tp.partition not in self._workers:
                         self._add_worker(tp.partition, position)
-            except (KafkaError, IllegalStateError) as exc:
+            except (KafkaError, IllegalStateError, TimeoutError) as exc:
                 # Fetching resumes from the committed offsets anyway; workers then start at the first record.
                 log.warning("kafka_start_positions_not_committed", error=repr(exc), **self._where)
             finally:
