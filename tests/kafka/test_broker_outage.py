@@ -9,15 +9,21 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import aiohttp
 import pytest
 
 from meshrun.config import RetryConfig, TopicConfig
 from meshrun.transport.base import Record, SubscriptionState
+from tests.conftest import pipeline_data, write_toml
+from tests.e2e.helpers import post_order, user_token
+from tests.e2e.processes import MeshProcess
 from tests.kafka.broker import kafka_transport, unique
 from tests.polling import eventually
 
@@ -126,3 +132,77 @@ async def test_a_broker_restart_delays_work_without_losing_it(own_broker: Broker
         assert sub.state is SubscriptionState.ASSIGNED
     finally:
         await transport.stop()
+
+
+
+def _mesh_config(tmp_path: Path, ports: Any, broker: Broker, grace: float) -> Path:
+    """The shipped pipeline on the test's broker: free ports, unique groups, publish_timeout 2 s."""
+    data = pipeline_data(tmp_path, ports, transport="kafka", suffix="-" + unique("g"))
+    data["mesh"]["grace_period"] = grace
+    data["transport"]["kafka"] = {"bootstrap_servers": broker.bootstrap, "publish_timeout": 2.0,
+                                  "heartbeat_interval_ms": 200, "session_timeout_ms": 6000}
+    return write_toml(tmp_path / "services.toml", data)
+
+
+async def _start_mesh(tmp_path: Path, config: Path, only: str) -> MeshProcess:
+    mesh = MeshProcess(config, only, tmp_path).start()
+    try:
+        await mesh.wait_ready(90)
+    except BaseException:
+        mesh.kill()
+        raise
+    return mesh
+
+
+async def _exit_code_within(mesh: MeshProcess, seconds: float) -> int:
+    assert mesh.proc is not None
+    return await asyncio.to_thread(mesh.proc.wait, seconds)  # raises TimeoutExpired when it takes longer
+
+
+async def test_an_order_during_an_outage_is_refused_with_retry_after_and_sigterm_still_exits(
+        own_broker: Broker, tmp_path: Path, ports: Any) -> None:
+    config = _mesh_config(tmp_path, ports, own_broker, grace=3.0)
+    mesh = await _start_mesh(tmp_path, config, "auth,orders")
+    try:
+        issuer = f"http://127.0.0.1:{ports['auth']}"
+        orders = f"http://127.0.0.1:{ports['orders']}"
+        token = await user_token(issuer)
+        body = {"items": [{"sku": "BOOK-1", "quantity": 1, "unit_price": 100}], "currency": "EUR"}
+        async with aiohttp.ClientSession() as http:
+            assert (await post_order(http, orders, "before-outage", token, body))[0] == 202
+            await own_broker.run("stop")
+            started = time.monotonic()
+            async with http.post(f"{orders}/orders/during-outage", json=body,
+                                 headers={"Authorization": f"Bearer {token}"},
+                                 timeout=aiohttp.ClientTimeout(total=30)) as response:
+                waited = time.monotonic() - started
+                answer = await response.json()
+                assert response.status == 503, answer
+                assert answer["error"] == "unavailable" and "publish_timeout" in answer["message"]
+                assert int(response.headers["Retry-After"]) >= 1 and answer["retry_after"] >= 1
+            # Bounded by publish_timeout (2 s), with slack for a loaded machine; never hanging.
+            assert waited < 10, waited
+        assert mesh.proc is not None
+        stop_started = time.monotonic()
+        mesh.proc.send_signal(signal.SIGTERM)
+        # grace_period 3 s plus the stop margin of 5 s, with slack for a loaded machine.
+        await _exit_code_within(mesh, 3.0 + 5.0 + 4.0)
+        assert time.monotonic() - stop_started < 12
+    finally:
+        mesh.kill()
+
+
+async def test_a_second_sigterm_exits_at_once(own_broker: Broker, tmp_path: Path, ports: Any) -> None:
+    config = _mesh_config(tmp_path, ports, own_broker, grace=60.0)
+    mesh = await _start_mesh(tmp_path, config, "billing")
+    try:
+        await own_broker.run("stop")
+        assert mesh.proc is not None
+        mesh.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: any(e.get("event") == "mesh_stopping" for e in mesh.events()),
+                         what="the first SIGTERM to start a graceful stop")
+        mesh.proc.send_signal(signal.SIGTERM)
+        assert await _exit_code_within(mesh, 5.0) == 130
+        assert any(e.get("event") == "mesh_stopped_at_second_signal" for e in mesh.events())
+    finally:
+        mesh.kill()
