@@ -2,7 +2,7 @@
 from meshrun.context import BatchContext, EventContext, ServiceContext
 from meshrun.events import Event
 from meshrun.service import Service
-from meshrun.transport.delivery import PoisonEvent, RetryLater
+from meshrun.errors import PoisonEvent, RetryLater
 
 __all__ = ["BatchContext", "Event", "EventContext", "PoisonEvent", "RetryLater", "Service", "ServiceContext"]
 __version__ = "0.1.0"

@@ -44,6 +44,24 @@ class GroupHasLiveMembers(MeshrunError):
         )
 
 
+class HandlerControl(MeshrunError):
+    """Raised by an event handler (or around one) to steer its delivery: retry it later, dead-letter it at once.
+    The retry policy (`meshrun.transport.delivery`) catches these; they are never a crash."""
+
+
+class RetryLater(HandlerControl):
+    """Raised by a handler for a transient failure (a dependency is down): retried without limit, never
+    dead-lettered, so the event waits until the dependency is back."""
+
+
+class PoisonEvent(HandlerControl):
+    """Raised for a record that can never be handled (it cannot be decoded): dead-lettered at once."""
+
+
+class PublishRefused(HandlerControl):
+    """What a handler published was refused for good (say, too large for the topic): retried, then dead-lettered."""
+
+
 class TransportUnavailable(MeshrunError):
     """A publish could not be made durable in time, for a reason that passes by itself: the broker is away, or (in
     memory) consumers are too far behind. Nothing was accepted; retry after `retry_after` seconds. A handler that

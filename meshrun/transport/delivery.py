@@ -11,26 +11,15 @@ from typing import Awaitable, Callable, Sequence, cast
 import structlog
 
 from meshrun.config import RetryConfig
-from meshrun.errors import TransportUnavailable
+from meshrun.errors import PoisonEvent, PublishRefused, RetryLater, TransportUnavailable
 from meshrun.transport.base import Acks, BatchHandler, Handler, Headers, Record
 
 log = structlog.get_logger("meshrun.delivery")
 
+__all__ = ["PoisonEvent", "PublishRefused", "RetryLater", "deliver", "deliver_batch", "deliver_each"]
+
 DeadLetter = Callable[[str, Record, Headers], Awaitable[None]]
 MAX_BATCH = 10_000  # records handed to one batch handler at most
-
-
-class RetryLater(Exception):
-    """Raised by a handler for a transient failure (a dependency is down): retried without limit, never
-    dead-lettered, so the event waits until the dependency is back."""
-
-
-class PoisonEvent(Exception):
-    """Raised for a record that can never be handled (it cannot be decoded): dead-lettered at once."""
-
-
-class PublishRefused(Exception):
-    """What a handler published was refused for good (say, too large for the topic): retried, then dead-lettered."""
 
 
 def first_error(acks: Acks) -> BaseException | None:

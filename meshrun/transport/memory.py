@@ -15,7 +15,7 @@ from typing import Sequence
 import structlog
 
 from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
-from meshrun.errors import Backpressure, GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.errors import Backpressure, GroupHasLiveMembers, TopicPartitionMismatch, TransportStateError, UnknownTopic
 from meshrun.transport.base import (
     BatchHandler,
     Handler,
@@ -236,10 +236,7 @@ class InMemoryTransport(Transport):
             if existing is None:
                 self._topics[topic.name] = _Topic(topic)
             elif existing.config.partitions != topic.partitions:
-                raise TransportStateError(
-                    f"topic {topic.name!r} exists with {existing.config.partitions} partitions, "
-                    f"configured with {topic.partitions}"
-                )
+                raise TopicPartitionMismatch(topic.name, existing.config.partitions, topic.partitions)
 
     def _topic(self, name: str) -> _Topic:
         try:

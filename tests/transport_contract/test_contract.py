@@ -14,7 +14,14 @@ from typing import Any, Awaitable, Callable, Sequence
 import pytest
 
 from meshrun.config import RetryConfig, TopicConfig
-from meshrun.errors import Backpressure, BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
+from meshrun.errors import (
+    Backpressure,
+    BrokerUnavailable,
+    GroupHasLiveMembers,
+    TopicPartitionMismatch,
+    TransportStateError,
+    UnknownTopic,
+)
 from meshrun.transport.base import Record, StartFrom, Subscription, Transport
 from meshrun.transport.delivery import PoisonEvent, RetryLater, dead_letter_topic
 from meshrun.transport.partitioner import partition_for
@@ -478,7 +485,7 @@ async def test_unknown_topics_are_refused(transport: Transport) -> None:
 async def test_a_topic_declared_with_another_partition_count_is_refused(transport: Transport) -> None:
     topic = await new_topic(transport, 2)
     await transport.ensure_topics([TopicConfig(topic, 2)])  # the same declaration again is fine
-    with pytest.raises(TransportStateError, match="exists with 2 partitions, configured with 3"):
+    with pytest.raises(TopicPartitionMismatch, match="exists with 2 partitions, configured with 3"):
         await transport.ensure_topics([TopicConfig(topic, 3)])
 
 
