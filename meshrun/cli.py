@@ -6,13 +6,14 @@ import os
 import signal
 import sys
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
 from meshrun.config import MeshConfig, load_config
 from meshrun.errors import MeshrunError
 from meshrun.logs import configure_logging, flush_logs
+from meshrun.loop import run_loop
 from meshrun.registry import load_services, select
 
 T = TypeVar("T")
@@ -25,18 +26,6 @@ def _names(value: str | None) -> list[str]:
 def _load(config_path: str, transport: str | None) -> MeshConfig:
     config = load_config(config_path)
     return config.with_transport(transport) if transport else config
-
-
-def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop when it is installed (MESHRUN_UVLOOP=0 opts out), else on asyncio's loop."""
-    if os.environ.get("MESHRUN_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-
-            return uvloop.run(main())
-        except ImportError:
-            pass
-    return asyncio.run(main())
 
 
 def fail(error: Exception) -> None:
