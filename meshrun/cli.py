@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from datetime import datetime
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 import click
 
@@ -15,6 +15,9 @@ from meshrun.errors import MeshrunError
 from meshrun.logs import configure_logging, flush_logs
 from meshrun.loop import run_loop
 from meshrun.registry import load_services, select
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 T = TypeVar("T")
 
@@ -38,8 +41,43 @@ config_option = click.option("--config", "config_path", envvar="MESHRUN_CONFIG",
 transport_option = click.option("--transport", type=click.Choice(["memory", "kafka"]), default=None,
                                 help="Override mesh.transport from the file.")
 
+# The entry-point group through which other distributions add commands to `meshrun` (the benchmark adds `bench`).
+COMMANDS_ENTRY_POINTS = "meshrun.commands"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class MeshrunGroup(click.Group):
+    """meshrun's own commands, then the click commands installed distributions declare in `meshrun.commands`.
+
+    Those are looked up only when asked for or listed (--help), so `meshrun up` starts without reading any package
+    metadata; a name of meshrun's own is never replaced.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_command_entry_points()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry_point = _command_entry_points().get(cmd_name)
+        return _load_command(entry_point) if entry_point is not None else None
+
+
+def _command_entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_ENTRY_POINTS)}
+
+
+def _load_command(entry_point: EntryPoint) -> click.Command:
+    command = entry_point.load()
+    if not isinstance(command, click.Command):
+        raise click.ClickException(f"{entry_point.name} = {entry_point.value} (entry points {COMMANDS_ENTRY_POINTS}) "
+                                   f"is not a click command")
+    return command
+
+
+@click.group(cls=MeshrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="meshrun")
 def main() -> None:
     """meshrun: run event-driven services from one services.toml, in memory or on Kafka."""
@@ -155,6 +193,10 @@ def check(config_path: str, transport: str | None, only: str | None, exclude: st
                    f"{', '.join(ls.topics) or '-':<18}{', '.join(sorted(ls.service.publishes)) or '-'}")
     for topic in config.topics.values():
         click.echo(f"  topic {topic.name}: {topic.partitions} partition(s), replication {topic.replication_factor}")
+    from meshrun.security_warnings import security_warnings
+
+    for warning in security_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -278,11 +320,11 @@ def replay(config_path: str, transport: str | None, group: str, topic: str, targ
 
 
 def _register_optional_commands() -> None:
-    """Commands of other packages (auth, bench) are added when they are importable."""
+    """The auth commands are added when meshrun.auth is importable (other distributions' come through MeshrunGroup)."""
     import importlib
     import importlib.util
 
-    for module_name in ("meshrun.auth.cli", "meshrun.bench.cli"):
+    for module_name in ("meshrun.auth.cli",):
         try:
             if importlib.util.find_spec(module_name) is None:
                 continue

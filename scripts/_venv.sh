@@ -1,4 +1,5 @@
-# Sourced by the scripts: create .venv with the project installed (and its test extras when asked), once.
+# Sourced by the scripts: create .venv with the project installed (and its test extras when asked), once, and
+# the benchmark's distribution (bench/: `meshrun bench`, python -m meshrun_bench.consumers) beside it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MESHRUN_VENV:-$ROOT/.venv}"
@@ -12,11 +13,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   }
   "$PY" -m venv "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/bench/pyproject.toml" -nt "$stamp" ]; then
   echo "meshrun: installing into $VENV (first run only)..." >&2
   pip_log="$VENV/pip-install.log"
-  if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e "$ROOT[$extras]"; } \
-      >"$pip_log" 2>&1; then
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+         "$VENV/bin/python" -m pip install -e "$ROOT[$extras]" -e "$ROOT/bench"; } >"$pip_log" 2>&1; then
     tail -n 30 "$pip_log" >&2
     echo "meshrun: installing the Python packages failed (full log: $pip_log)" >&2
     exit 1

@@ -4,7 +4,7 @@ While records flow, a fetch is answered once `fetch_min_bytes` are there or afte
 5 ms by default): the broker then answers a few large fetches instead of one per record. Under heavy traffic (a
 consumer receiving HEAVY_RATE records a second or more) a fetch waits up to HEAVY_WAIT_MS instead: every fetch,
 handler call and commit then carries more records, which is what a CPU-bound mesh needs (measured with `python -m
-meshrun.bench.consumers`, five groups at 2,500 records/s: 166 instead of 195 us of CPU per published record). Light
+meshrun_bench.consumers`, five groups at 2,500 records/s: 166 instead of 195 us of CPU per published record). Light
 traffic keeps the short wait, so its latency does not change. Idle, a short wait would be a hundred or more empty
 answers a second per consumer (measured with 10 ms: an idle mesh of five consumers and its broker used 0.38 of a
 core), so after IDLE_AFTER seconds without a record the consumer long-polls instead: each fetch waits up to

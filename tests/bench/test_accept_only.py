@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from meshrun.bench.cli import bench
-from meshrun.bench.load import OrderRun
-from meshrun.bench.report import Report, render_table
+from meshrun_bench.cli import bench
+from meshrun_bench.load import OrderRun
+from meshrun_bench.report import Report, render_table
 from tests.conftest import ROOT, pipeline_data, write_toml
 
 ORDERS = 200

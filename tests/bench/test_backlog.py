@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 from aiokafka import TopicPartition
 
-from meshrun.bench.probes import group_backlog
-from meshrun.bench.runner import _backlog_note
 from meshrun.config import KafkaTransportConfig, ServiceConfig, TopicConfig, parse_config
 from meshrun.transport.kafka_admin import KafkaAdmin
 from meshrun.transport.kafka_options import KafkaClientOptions
+from meshrun_bench.probes import group_backlog
+from meshrun_bench.runner import _backlog_note
 from tests.kafka.broker import TEST_OPTIONS, kafka_bootstrap, kafka_transport, unique
 
 pytestmark = pytest.mark.kafka

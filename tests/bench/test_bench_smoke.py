@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from meshrun.bench.cli import bench
+from meshrun_bench.cli import bench
 from tests.conftest import ROOT, pipeline_data, write_toml
 
 NUMBER = (int, float)

@@ -1,4 +1,4 @@
-"""`python -m meshrun.bench.consumers`: the transport's CPU per published record with several groups on Kafka.
+"""`python -m meshrun_bench.consumers`: the transport's CPU per published record with several groups on Kafka.
 
 Asserts that a run publishes at its rate, that every group reads what was published, and the option parsing; never
 timings.
@@ -9,7 +9,7 @@ import argparse
 
 import pytest
 
-from meshrun.bench.consumers import measure, parse_options, run
+from meshrun_bench.consumers import measure, parse_options, run
 from tests.kafka.broker import kafka_bootstrap
 
 

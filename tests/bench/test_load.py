@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from meshrun.bench import load, probes
-from meshrun.bench.raw import QueuePipeline, Users, order_app, users_app
+from meshrun_bench import load, probes
+from meshrun_bench.raw import QueuePipeline, Users, order_app, users_app
 
 TOKEN = "user-token"
 

@@ -5,7 +5,7 @@ import io
 
 import orjson
 
-from meshrun.bench.report import (
+from meshrun_bench.report import (
     Latency,
     PipelineFigures,
     ProcessMemory,

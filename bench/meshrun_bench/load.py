@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from meshrun.bench.report import Latency, PipelineFigures
+from meshrun_bench.report import Latency, PipelineFigures
 
 ORDER_BODY = orjson.dumps({"items": [{"sku": "BENCH-1", "quantity": 2, "unit_price": 1250}], "currency": "EUR"})
 # Read the new notifications twice a second while orders are still being sent (each read is work for the mesh being

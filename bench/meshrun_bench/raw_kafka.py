@@ -11,7 +11,7 @@ import sys
 import uuid
 from typing import Any
 
-from meshrun.bench.raw import GROUPS, PARTITIONS, Handle, Pipeline
+from meshrun_bench.raw import GROUPS, PARTITIONS, Handle, Pipeline
 
 
 class KafkaPipeline(Pipeline):

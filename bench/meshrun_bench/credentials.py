@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from meshrun.bench.launcher import BenchError
 from meshrun.config import MeshConfig
+from meshrun_bench.launcher import BenchError
 
 PASSWORD_ENV = "MESHRUN_BENCH_PASSWORD"
 # The shipped services.toml keeps only hashes; its demo identities are published (README, "Security").

@@ -4,7 +4,7 @@ aiohttp in and out, plain asyncio queues (or aiokafka) between stages, a dict lo
 yardstick to divide meshrun's figures by, not an example of how to write a service: it has no retries to speak of,
 no readiness beyond "consumers started", no shutdown grace.
 
-    python -m meshrun.bench.raw --transport memory --orders-port 18081 --users-port 18084
+    python -m meshrun_bench.raw --transport memory --orders-port 18081 --users-port 18084
 """
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ async def serve(args: argparse.Namespace) -> None:
     users_url = f"http://{args.host}:{args.users_port}"
     pipeline: Pipeline
     if args.transport == "kafka":
-        from meshrun.bench.raw_kafka import KafkaPipeline
+        from meshrun_bench.raw_kafka import KafkaPipeline
 
         pipeline = KafkaPipeline(users_url, machine_token, args.bootstrap)
     else:

@@ -6,7 +6,7 @@ below the noise of the end-to-end benchmark: each round runs the default options
 Every run creates a topic `bench-consumers-<random>` of 3 partitions and leaves it (and its groups) behind: point
 it at a throw-away broker (`scripts/kafka start --fresh`).
 
-    python -m meshrun.bench.consumers --groups 5 --rate 2500 --seconds 6 --rounds 3 \\
+    python -m meshrun_bench.consumers --groups 5 --rate 2500 --seconds 6 --rounds 3 \\
         --compare fetch_min_bytes=65536,fetch_max_wait_ms=10
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The `meshrun bench` command: parses flags, runs the benchmark, prints the table, writes the JSON.
 
-The work lives in `meshrun.bench.runner`; this module only translates between the shell and it.
+The work lives in `meshrun_bench.runner`; this module only translates between the shell and it. `meshrun`
+finds `bench` through the entry point `meshrun.commands` that bench/pyproject.toml declares.
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
     --accept-only measures the Order service alone on Kafka: orders per second accepted (each answered after the
     broker acknowledged its event), latency to the answer, lost and doubled from the broker's count of records.
     """
-    from meshrun.bench.report import render_table
-    from meshrun.bench.runner import BenchOptions, run_bench
+    from meshrun_bench.report import render_table
+    from meshrun_bench.runner import BenchOptions, run_bench
 
     if rate is not None and orders is not None:
         raise click.UsageError("--orders (closed loop) and --rate (open loop) exclude each other")
@@ -151,5 +152,3 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
     if any(report.lost_and_doubled()):  # in any round, not only the median one
         sys.exit(1)
 
-
-commands = [bench]

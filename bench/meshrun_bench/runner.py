@@ -18,8 +18,12 @@ from typing import Any
 
 import aiohttp
 
-from meshrun.bench import credentials, load, probes
-from meshrun.bench.launcher import (
+from meshrun.config import KafkaTransportConfig, MeshConfig, load_config
+from meshrun.logs import configure_logging
+from meshrun.loop import run_loop
+from meshrun.services.events import ORDER_EVENTS
+from meshrun_bench import credentials, load, probes
+from meshrun_bench.launcher import (
     BenchError,
     Launched,
     config_for_split,
@@ -28,7 +32,7 @@ from meshrun.bench.launcher import (
     wait_port,
     wait_ready,
 )
-from meshrun.bench.report import (
+from meshrun_bench.report import (
     PipelineFigures,
     ProcessMemory,
     Progress,
@@ -36,9 +40,6 @@ from meshrun.bench.report import (
     environment,
     median_of_rounds,
 )
-from meshrun.config import KafkaTransportConfig, MeshConfig, load_config
-from meshrun.logs import configure_logging
-from meshrun.services.events import ORDER_EVENTS
 
 REQUIRED = ("auth", "orders", "notification", "users")
 ACCEPT_ONLY_SERVICES = ("auth", "orders")   # the token issuer and the service measured, nothing downstream
@@ -410,7 +411,7 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
 
 
 async def bench_raw(config: MeshConfig, options: BenchOptions, workdir: Path, progress: Progress) -> PipelineFigures:
-    """The same load through the framework-free pipeline (`meshrun.bench.raw`) on free ports of this machine."""
+    """The same load through the framework-free pipeline (`meshrun_bench.raw`) on free ports of this machine."""
     host = config.host
     orders_port, users_port = free_port(host), free_port(host)
     bootstrap = config.kafka.bootstrap_servers if config.transport == "kafka" else None
@@ -435,8 +436,6 @@ async def bench_raw(config: MeshConfig, options: BenchOptions, workdir: Path, pr
 
 def run_bench(options: BenchOptions) -> Report:
     """Run the whole benchmark; raises a MeshrunError (BenchError, ConfigError) with what to do on failure."""
-    from meshrun.cli import run_loop
-
     configure_logging("console", "warning")  # this process's own libraries (the JWKS cache) stay quiet
     config = _load(options)
     workdir = Path(tempfile.mkdtemp(prefix="meshrun-bench-"))

@@ -135,7 +135,7 @@ def config_for_split(config: str, workdir: Path) -> str:
 
 def raw_process(transport: str, host: str, orders_port: int, users_port: int, workdir: Path,
                 bootstrap: str | None) -> Launched:
-    argv = [sys.executable, "-m", "meshrun.bench.raw", "--transport", transport, "--host", host,
+    argv = [sys.executable, "-m", "meshrun_bench.raw", "--transport", transport, "--host", host,
             "--orders-port", str(orders_port), "--users-port", str(users_port)]
     if bootstrap:
         argv += ["--bootstrap", bootstrap]

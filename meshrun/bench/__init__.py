@@ -1,4 +1,0 @@
-"""`meshrun bench`: drives orders through a running order pipeline and measures it end to end.
-
-It is a client of the mesh (HTTP in, the User service's own records out), never a part of it.
-"""
