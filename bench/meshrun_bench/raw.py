@@ -1,8 +1,9 @@
 """The floor under `meshrun bench`: the order pipeline written without meshrun, run as its own process and ports.
 
-aiohttp in and out, plain asyncio queues (or aiokafka) between stages, a dict lookup for tokens, no logging. A
-yardstick to divide meshrun's figures by, not an example of how to write a service: it has no retries to speak of,
-no readiness beyond "consumers started", no shutdown grace.
+aiohttp in and out, plain asyncio queues (or aiokafka) between stages (`raw_pipeline`, `raw_kafka`), a dict lookup
+for tokens, no logging; of meshrun only billing's invoice id, so both pipelines issue the same invoices. A yardstick
+to divide meshrun's figures by, not an example of how to write a service: it has no retries to speak of, no
+readiness beyond "consumers started", no shutdown grace.
 
     python -m meshrun_bench.raw --transport memory --orders-port 18081 --users-port 18084
 """
@@ -10,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import signal
 import sys
 import time
 import uuid
-import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-PARTITIONS = 3
-GROUPS = ("inventory", "email", "analytics", "billing")
-INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")  # billing's, so invoice ids match
+from meshrun_bench.raw_kafka import KafkaPipeline
+from meshrun_bench.raw_pipeline import Pipeline, QueuePipeline
+
 DEFAULT_ITEMS = [{"sku": "DEMO-WIDGET", "quantity": 1, "unit_price": 1999}]
-Handle = Callable[[bytes], Awaitable[None]]
 
 
 def _json(body: Any, status: int) -> web.Response:
@@ -70,99 +66,6 @@ class Users:
                       "duplicates_absorbed": self.duplicates}, 200)
 
 
-def invoice_of(order: dict[str, Any]) -> bytes:
-    """Billing's arithmetic: line amounts, subtotal, no tax, total; the same deterministic invoice id."""
-    amounts = [i["quantity"] * i["unit_price"] for i in order["items"]]
-    subtotal = sum(amounts)
-    return orjson.dumps({"invoice_id": "INV-" + uuid.uuid5(INVOICE_NAMESPACE, order["order_id"]).hex[:16].upper(),
-                         "order_id": order["order_id"], "customer": order["customer"],
-                         "currency": order["currency"], "subtotal": subtotal, "total": subtotal})
-
-
-class Pipeline:
-    """Orders in, invoices out, notifications posted: the stages, whatever carries records between them."""
-
-    def __init__(self, users_url: str, machine_token: str) -> None:
-        self.notify_url = f"{users_url}/notify-user"
-        self.machine_header = f"Bearer {machine_token}"
-        self.http: aiohttp.ClientSession | None = None
-        self.counted = {"orders": 0, "revenue": 0}
-
-    async def on_order(self, group: str, value: bytes) -> None:
-        order = orjson.loads(value)
-        if group == "billing":
-            await self.publish_invoice(invoice_of(order), order["order_id"].encode())
-        elif group == "analytics":
-            self.counted["orders"] += 1
-            self.counted["revenue"] += sum(i["quantity"] * i["unit_price"] for i in order["items"])
-
-    async def on_invoice(self, value: bytes) -> None:
-        invoice = orjson.loads(value)
-        body = orjson.dumps({"invoice_id": invoice["invoice_id"], "order_id": invoice["order_id"],
-                             "user": invoice["customer"], "total": invoice["total"],
-                             "currency": invoice["currency"]})
-        headers = {"Authorization": self.machine_header, "Content-Type": "application/json",
-                   "Idempotency-Key": invoice["invoice_id"]}
-        assert self.http is not None
-        while True:
-            try:
-                async with self.http.post(self.notify_url, data=body, headers=headers) as r:
-                    await r.read()
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-
-    async def publish_order(self, value: bytes, key: bytes) -> None:
-        raise NotImplementedError
-
-    async def publish_invoice(self, value: bytes, key: bytes) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30))
-
-    async def stop(self) -> None:
-        if self.http is not None:
-            await self.http.close()
-
-
-class QueuePipeline(Pipeline):
-    """Plain asyncio queues: per group and per partition one queue and one consumer task, like a group member."""
-
-    def __init__(self, users_url: str, machine_token: str, maxsize: int = 10_000) -> None:
-        super().__init__(users_url, machine_token)
-        self.orders = {g: [asyncio.Queue[bytes](maxsize) for _ in range(PARTITIONS)] for g in GROUPS}
-        self.invoices = [asyncio.Queue[bytes](maxsize) for _ in range(PARTITIONS)]
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def publish_order(self, value: bytes, key: bytes) -> None:
-        p = zlib.crc32(key) % PARTITIONS
-        for queues in self.orders.values():
-            await queues[p].put(value)
-
-    async def publish_invoice(self, value: bytes, key: bytes) -> None:
-        await self.invoices[zlib.crc32(key) % PARTITIONS].put(value)
-
-    async def start(self) -> None:
-        await super().start()
-
-        async def consume(queue: asyncio.Queue[bytes], handle: Handle) -> None:
-            while True:
-                await handle(await queue.get())
-
-        for group, queues in self.orders.items():
-            for q in queues:
-                self.tasks.append(asyncio.create_task(consume(q, functools.partial(self.on_order, group))))
-        for q in self.invoices:
-            self.tasks.append(asyncio.create_task(consume(q, self.on_invoice)))
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await super().stop()
 
 
 def order_app(pipeline: Pipeline, user_tokens: dict[str, dict[str, Any]]) -> web.Application:
@@ -203,8 +106,6 @@ async def serve(args: argparse.Namespace) -> None:
     users_url = f"http://{args.host}:{args.users_port}"
     pipeline: Pipeline
     if args.transport == "kafka":
-        from meshrun_bench.raw_kafka import KafkaPipeline
-
         pipeline = KafkaPipeline(users_url, machine_token, args.bootstrap)
     else:
         pipeline = QueuePipeline(users_url, machine_token)

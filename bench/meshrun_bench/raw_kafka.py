@@ -1,4 +1,4 @@
-"""The framework-free floor on Kafka: the stages of `raw` connected by aiokafka instead of asyncio queues.
+"""The framework-free floor on Kafka: the stages of `raw_pipeline` connected by aiokafka instead of asyncio queues.
 
 One idempotent producer (acks=all) and one group consumer per stage, each committing after every fetched batch;
 topics and groups are new for every run and the topics are deleted at the end. Not a pattern for services.
@@ -11,7 +11,7 @@ import sys
 import uuid
 from typing import Any
 
-from meshrun_bench.raw import GROUPS, PARTITIONS, Handle, Pipeline
+from meshrun_bench.raw_pipeline import GROUPS, PARTITIONS, Handle, Pipeline
 
 
 class KafkaPipeline(Pipeline):

@@ -58,3 +58,12 @@ def test_the_benchmark_imports_no_cli() -> None:
     graph = imported_modules(ROOT / "bench" / "meshrun_bench")
     assert {m: sorted(i) for m, i in graph.items() if any(x.startswith("meshrun.cli") for x in i)} == {}
 
+
+def test_the_benchmarks_modules_import_each_other_without_a_cycle() -> None:
+    graph = imported_modules(ROOT / "bench" / "meshrun_bench")
+    edges = {m: {i for i in imports if i in graph and i != m} for m, imports in graph.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in edges[start])
+
+    assert [m for m in graph if reaches(m, m, set())] == []

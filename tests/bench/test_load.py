@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from meshrun_bench import load, probes
-from meshrun_bench.raw import QueuePipeline, Users, order_app, users_app
+from meshrun_bench.raw import Users, order_app, users_app
+from meshrun_bench.raw_pipeline import QueuePipeline
 
 TOKEN = "user-token"
 
