@@ -32,7 +32,7 @@ from meshrun.transport.base import (
     Transport,
 )
 from meshrun.transport.kafka_admin import KafkaAdmin, by_partition, partitions_of
-from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs, start_client
+from meshrun.transport.kafka_options import KafkaClientOptions, quiet_repeated_aiokafka_logs
 from meshrun.transport.delivery import transient_error
 from meshrun.transport.kafka_producer import PRODUCER_STATE_ERRORS, ReplaceableProducer
 from meshrun.transport.kafka_subscription import KafkaSubscription

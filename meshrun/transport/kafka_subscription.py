@@ -23,7 +23,6 @@ from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
 from meshrun.transport.base import (
-    Acks,
     BatchHandler,
     Handler,
     Headers,
@@ -33,10 +32,6 @@ from meshrun.transport.base import (
     SubscriptionState,
 )
 from meshrun.transport.delivery import (
-    deliver,
-    deliver_batch,
-    deliver_each,
-    first_error,
     split_handler,
     transient_error,
 )
@@ -44,6 +39,7 @@ from meshrun.errors import BrokerUnavailable, TransportUnavailable
 from meshrun.transport.kafka_fetch import FetchPacing
 from meshrun.transport.kafka_options import KafkaClientOptions, start_client
 from meshrun.transport.kafka_producer import PRODUCER_STATE_ERRORS
+from meshrun.transport.partition_worker import Delivery, PartitionWorker, stop_workers
 from meshrun.transport.stall import PartitionProgress, Stall, StallWatch
 
 log = structlog.get_logger("meshrun.transport.kafka")
@@ -63,116 +59,43 @@ def to_record(message: ConsumerRecord[bytes, bytes]) -> Record:
                   message.value if message.value is not None else b"", headers, message.timestamp)
 
 
-class _PartitionWorker:
-    """Handles one assigned partition's records in order; `done` is the offset up to which all are handled.
+class _Fetched:
+    """One assigned partition's fetched records waiting for its worker: the `RecordSource` of Kafka partitions.
 
-    A handler's publishes are pipelined: the next record is handled while the broker still acknowledges what the
-    previous ones published (sends keep their order, so a partition's output keeps its order too). A record
-    counts as done only once its handler returned and its publishes were acknowledged, and every record before it
-    is done: that is what gets committed. A publish the broker refuses makes its record be handled again.
-    """
+    Fetching a partition pauses while `max_in_flight_per_partition` records wait here, and resumes once its worker
+    has taken half of them, so memory stays bounded whatever the handler's speed."""
 
     def __init__(self, sub: "KafkaSubscription", partition: int, position: int) -> None:
         self.sub = sub
         self.tp = TopicPartition(sub.topic, partition)
-        self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
-        # Handled records (a batch, or one), oldest first, with the acknowledgements they still wait for.
-        self.unacked: deque[tuple[list[ConsumerRecord[bytes, bytes]], Acks]] = deque()
-        self.unacked_records = 0  # records in `unacked`: what max_unacked_per_partition bounds
-        self.done = position
-        self.committed = position
-        self.fetched = position  # the offset after the last record fed to this worker (what the stall watch reads)
+        self.queue: deque[Record] = deque()
+        self.fetched = position  # the offset after the last record fed here (what the stall watch reads)
         self.paused = False
-        self.stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"{sub.group}:{sub.topic}[{partition}]")
 
     def feed(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
-        self.queue.extend(messages)
+        self.queue.extend(map(to_record, messages))
         self.fetched = messages[-1].offset + 1
         self._wakeup.set()
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def take(self, limit: int) -> list[Record]:
+        queue = self.queue
+        if not queue:
+            return []
+        records = [queue.popleft()] if limit == 1 else [queue.popleft() for _ in range(min(limit, len(queue)))]
+        if self.paused and len(queue) <= self.sub.options.max_buffered_per_partition // 2:
+            self.sub.resume(self)
+        return records
+
+    async def wait(self) -> None:
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    def wake(self) -> None:
         self._wakeup.set()
 
-    async def _run(self) -> None:
-        try:
-            await self._handle_in_order()
-            await self._settle(0, handle_again=False)  # stopping: keep what was acknowledged, leave the rest
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug here would silently stall the partition: say so loudly
-            log.exception("kafka_partition_worker_crashed", topic=self.tp.topic, partition=self.tp.partition,
-                          group=self.sub.group)
-
-    async def _handle_in_order(self) -> None:
-        sub = self.sub
-        limit = sub.options.max_unacked_per_partition
-        queue = self.queue
-        max_batch, batch_handler = sub.max_batch, sub.batch_handler
-        while not self.stopping.is_set():
-            if not queue:
-                if self.unacked:
-                    if not await self._settle(0):
-                        return
-                    continue
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if batch_handler is not None:
-                messages = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
-                acks = await deliver_batch([to_record(m) for m in messages], batch_handler, group=sub.group,
-                                           retry=sub.retry, dead_letter=sub.dead_letter, stopping=self.stopping,
-                                           transient=transient_publish_error)
-            else:
-                messages = [queue.popleft()]
-                acks = await deliver(to_record(messages[0]), sub.handler, group=sub.group, retry=sub.retry,
-                                     dead_letter=sub.dead_letter, stopping=self.stopping)
-            if acks is None:
-                return
-            if acks or self.unacked:
-                self.unacked.append((messages, acks))
-                self.unacked_records += len(messages)
-                if not await self._settle(limit - 1):
-                    return
-            else:
-                self.done = messages[-1].offset + 1
-            if self.paused and len(self.queue) <= sub.options.max_buffered_per_partition // 2:
-                sub.resume(self)
-
-    async def _settle(self, keep: int, *, handle_again: bool = True) -> bool:
-        """Advance `done` past the oldest handled records whose publishes are all acknowledged, waiting for the
-        oldest while more than `keep` are in flight. A record with a refused publish is handled again first
-        (`handle_again`), or ends the advance. False if a stop was requested before that record was done."""
-        unacked = self.unacked
-        while unacked:
-            messages, acks = unacked[0]
-            if not all(ack.done() for ack in acks):
-                if self.unacked_records <= keep:
-                    return True
-                await asyncio.wait(acks)
-            error = first_error(acks)
-            if error is not None:
-                if not handle_again or not await self._handle_again(messages, error):
-                    return False
-            unacked.popleft()
-            self.unacked_records -= len(messages)
-            self.done = messages[-1].offset + 1
-        return True
-
-    async def _handle_again(self, messages: list[ConsumerRecord[bytes, bytes]], error: BaseException) -> bool:
-        """Handle records again, one at a time and their publishes awaited this time, under the retry policy:
-        until they are acknowledged, or (refused for good) until they are dead-lettered. At least once: what the
-        first attempt did may happen twice. False if a stop was requested first."""
-        sub = self.sub
-        if self.stopping.is_set():  # leave them uncommitted: the partition's next owner handles them
-            return False
-        log.warning("publish_not_acknowledged_handling_again", error=repr(error), offset=messages[0].offset,
-                    records=len(messages), partition=self.tp.partition, topic=self.tp.topic, group=sub.group)
-        return await deliver_each([to_record(m) for m in messages], sub.handler, transient=transient_publish_error,
-                                  group=sub.group, retry=sub.retry, dead_letter=sub.dead_letter,
-                                  stopping=self.stopping)
+    def done(self, offset: int) -> None:
+        """Kafka offsets are committed by the subscription every commit interval, from the worker's `done`."""
 
 
 def transient_publish_error(error: BaseException) -> bool:
@@ -205,16 +128,16 @@ class KafkaSubscription(Subscription):
         self.topic = topic
         self.group = group
         self.member = member
-        self.handler, self.batch_handler = split_handler(handler, max_batch)
-        self.max_batch = max_batch
-        self.retry = retry
-        self.dead_letter = dead_letter
+        single, batch = split_handler(handler, max_batch)
+        self.delivery = Delivery(group, single, batch, max_batch, retry, dead_letter, transient_publish_error,
+                                 options.max_unacked_per_partition)
         self.start_from = start_from
         self.consumer = self._new_consumer()
         self._state = SubscriptionState.JOINING
         self._joined = asyncio.Event()
         self._problem: str | None = None
-        self._workers: dict[int, _PartitionWorker] = {}
+        self._workers: dict[int, PartitionWorker] = {}
+        self._fetched: dict[int, _Fetched] = {}
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._fetch_task: asyncio.Task[None] | None = None
@@ -267,6 +190,7 @@ class KafkaSubscription(Subscription):
         for worker in self._workers.values():  # assigned by a rebalance that raced with this stop: never ran
             worker.stop()
         self._workers.clear()
+        self._fetched.clear()
         self._state = SubscriptionState.STOPPED
         log.debug("kafka_member_stopped", **self._where)
 
@@ -305,10 +229,10 @@ class KafkaSubscription(Subscription):
         batch = await self.consumer.getmany(timeout_ms=max(1, int(self.options.commit_interval * 1000)))
         self._pacing.fetched(sum(len(messages) for messages in batch.values()), time.monotonic())
         for tp, messages in batch.items():
-            worker = self._workers.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
-            worker.feed(messages)
-            if not worker.paused and len(worker.queue) >= self.options.max_buffered_per_partition:
-                self._pause(worker)
+            fetched = self._fetched.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
+            fetched.feed(messages)
+            if not fetched.paused and len(fetched.queue) >= self.options.max_buffered_per_partition:
+                self._pause(fetched)
         if time.monotonic() - self._last_commit >= self.options.commit_interval:
             await self.commit()
 
@@ -345,14 +269,14 @@ class KafkaSubscription(Subscription):
             await self._rejoin()
 
     async def _find_stalls(self) -> list[Stall] | None:
-        workers = [w for w in self._workers.values() if not w.task.done()]
-        if self._state is not SubscriptionState.ASSIGNED or not workers:
+        fetched = [self._fetched[p] for p, w in self._workers.items() if not w.task.done() and p in self._fetched]
+        if self._state is not SubscriptionState.ASSIGNED or not fetched:
             self._stalls.reset()
             return [] if self._state is SubscriptionState.ASSIGNED else None
         async with asyncio.timeout(min(self.options.connect_timeout, 10.0)):
-            ends = await self.consumer.end_offsets([w.tp for w in workers])
-        progress = [PartitionProgress(w.tp.partition, w.fetched, ends.get(w.tp, 0), bool(w.queue) or w.paused)
-                    for w in workers if w.tp.partition in self._workers]
+            ends = await self.consumer.end_offsets([f.tp for f in fetched])
+        progress = [PartitionProgress(f.tp.partition, f.fetched, ends.get(f.tp, 0), bool(f.queue) or f.paused)
+                    for f in fetched if f.tp.partition in self._workers]
         return self._stalls.observe(progress, time.monotonic())
 
     async def _rejoin(self) -> None:
@@ -384,20 +308,22 @@ class KafkaSubscription(Subscription):
         except (KafkaError, TimeoutError, OSError) as exc:
             log.warning("kafka_consumer_stop_failed", error=repr(exc), **self._where)
 
-    def _add_worker(self, partition: int, position: int) -> _PartitionWorker:
-        worker = self._workers[partition] = _PartitionWorker(self, partition, position)
-        return worker
+    def _add_worker(self, partition: int, position: int) -> _Fetched:
+        fetched = self._fetched[partition] = _Fetched(self, partition, position)
+        self._workers[partition] = PartitionWorker(self.topic, partition, position, self.delivery, fetched,
+                                                   transport="kafka")
+        return fetched
 
-    def _pause(self, worker: _PartitionWorker) -> None:
+    def _pause(self, fetched: _Fetched) -> None:
         """Stop fetching a partition whose handler is behind, so memory stays bounded."""
         with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-            self.consumer.pause(worker.tp)
-            worker.paused = True
+            self.consumer.pause(fetched.tp)
+            fetched.paused = True
 
-    def resume(self, worker: _PartitionWorker) -> None:
+    def resume(self, fetched: _Fetched) -> None:
         with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-            self.consumer.resume(worker.tp)
-        worker.paused = False
+            self.consumer.resume(fetched.tp)
+        fetched.paused = False
 
     async def commit(self, partitions: set[int] | None = None) -> None:
         """Commit, per partition, the offset below which every record's handler has finished.
@@ -407,7 +333,7 @@ class KafkaSubscription(Subscription):
         async with self._commit_lock:
             self._last_commit = time.monotonic()
             workers = [w for p, w in self._workers.items() if partitions is None or p in partitions]
-            offsets = {w.tp: w.done for w in workers if w.done > w.committed}
+            offsets = {TopicPartition(self.topic, w.partition): w.done for w in workers if w.done > w.committed}
             if not offsets:
                 return
             try:
@@ -423,8 +349,9 @@ class KafkaSubscription(Subscription):
                 log.warning("kafka_commit_failed", error=repr(exc), offsets=_show(offsets), **self._where)
                 return
             for worker in workers:
-                if worker.tp in offsets:
-                    worker.committed = max(worker.committed, offsets[worker.tp])
+                committed = offsets.get(TopicPartition(self.topic, worker.partition))
+                if committed is not None:
+                    worker.committed = max(worker.committed, committed)
 
     # --- rebalances ---------------------------------------------------------------------------------------------
 
@@ -435,18 +362,11 @@ class KafkaSubscription(Subscription):
         workers = [self._workers[p] for p in partitions if p in self._workers]
         if not workers:
             return
+        await stop_workers(workers, grace_period, **self._where)
+        await self.commit({w.partition for w in workers})
         for worker in workers:
-            worker.stop()
-        _, pending = await asyncio.wait([w.task for w in workers], timeout=grace_period)
-        for task in pending:
-            log.warning("handler_cancelled_after_grace_period", grace_period=grace_period, task=task.get_name(),
-                        **self._where)
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        await self.commit({w.tp.partition for w in workers})
-        for worker in workers:
-            self._workers.pop(worker.tp.partition, None)
+            self._workers.pop(worker.partition, None)
+            self._fetched.pop(worker.partition, None)
 
     async def take_over(self, partitions: set[int]) -> None:
         """Start workers for newly assigned partitions at their committed offsets.

@@ -30,14 +30,8 @@ from meshrun.transport.base import (
     TopicInfo,
     Transport,
 )
-from meshrun.transport.delivery import (
-    deliver,
-    deliver_batch,
-    deliver_each,
-    first_error,
-    split_handler,
-    transient_error,
-)
+from meshrun.transport.delivery import split_handler, transient_error
+from meshrun.transport.partition_worker import Delivery, PartitionWorker, stop_workers
 from meshrun.transport.partitioner import partition_for
 
 log = structlog.get_logger("meshrun.transport.memory")
@@ -93,6 +87,43 @@ class _Group:
         self.lock = asyncio.Lock()
 
 
+class _LogReader:
+    """One partition's log as one member of a group reads it: the `RecordSource` of in-memory partitions. What is
+    done is committed at once, and the room it frees goes to the publishers waiting for it."""
+
+    def __init__(self, transport: "InMemoryTransport", part: _Partition, group: _Group) -> None:
+        self.transport = transport
+        self.part = part
+        self.group = group
+        self.key = (part.topic, part.index)
+        self.position = group.committed[self.key]
+
+    def take(self, limit: int) -> Sequence[Record]:
+        part = self.part
+        position = self.position
+        if position < part.log_start:
+            log.error("events_skipped_by_retention", topic=part.topic, partition=part.index, group=self.group.name,
+                      skipped=part.log_start - position)
+            position = self.position = self.group.committed[self.key] = part.log_start
+        if position >= part.next_offset:
+            return ()
+        first = position - part.log_start
+        records = [part.records[first]] if limit == 1 else _window(part.records, first, first + limit)
+        self.position = records[-1].offset + 1
+        return records
+
+    async def wait(self) -> None:
+        await self.part.wait(self.part.waiters)
+
+    def wake(self) -> None:
+        self.part.wake(self.part.waiters)
+
+    def done(self, offset: int) -> None:
+        self.group.committed[self.key] = offset
+        if self.part.space_waiters:
+            self.transport.free_space(self.part)
+
+
 class MemorySubscription(Subscription):
     def __init__(self, transport: "InMemoryTransport", topic: _Topic, group: _Group, handler: Handler | BatchHandler,
                  retry: RetryConfig, start_from: StartFrom, member: str, max_batch: int = 1) -> None:
@@ -102,104 +133,50 @@ class MemorySubscription(Subscription):
         self.topic = topic.config.name
         self.group = group.name
         self.member = member
-        self.handler, self.batch_handler = split_handler(handler, max_batch)
-        self.max_batch = max_batch
-        self.retry = retry
+        single, batch = split_handler(handler, max_batch)
+        # Sends of this transport are durable when they return: no acknowledgement is ever pending for long.
+        self.delivery = Delivery(group.name, single, batch, max_batch, retry, transport.dead_letter,
+                                 transient_error, max_unacked=1)
         self.start_from = start_from
         self._state = SubscriptionState.JOINING
         self._joined = asyncio.Event()
-        self._tasks: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._workers: dict[int, PartitionWorker] = {}
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
-        return frozenset(self._tasks)
+        return frozenset(self._workers)
 
     async def stop(self, grace_period: float) -> None:
         if self._state in (SubscriptionState.STOPPING, SubscriptionState.STOPPED):
             return
         self._state = SubscriptionState.STOPPING
         async with self._group.lock:
-            await self._revoke(set(self._tasks), grace_period)
+            await self.revoke(set(self._workers), grace_period)
             self._group.members[self.topic].remove(self)
-            await self.transport._rebalance(self._group, self._topic)
+            await self.transport.rebalance(self._group, self._topic)
         self._state = SubscriptionState.STOPPED
 
-    async def _revoke(self, partitions: set[int], grace_period: float) -> None:
-        """Let the handler of each revoked partition finish its current record, then stop that partition."""
-        stopping = [self._tasks.pop(p) for p in partitions]
-        for _, stop in stopping:
-            stop.set()
-        for part in (self._topic.partitions[p] for p in partitions):
-            part.wake(part.waiters)
-        tasks = [task for task, _ in stopping]
-        if not tasks:
-            return
-        done, pending = await asyncio.wait(tasks, timeout=grace_period)
-        for task in pending:
-            log.warning("handler_cancelled_after_grace_period", topic=self.topic, group=self.group,
-                        grace_period=grace_period)
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+    async def revoke(self, partitions: set[int], grace_period: float) -> None:
+        """Let the handler of each revoked partition finish its current record, then stop that partition.
+        Caller: the transport's rebalance, holding the group's lock."""
+        workers = [self._workers.pop(p) for p in partitions if p in self._workers]
+        await stop_workers(workers, grace_period, topic=self.topic, group=self.group)
 
-    def _assign(self, partition: int) -> None:
+    def assign(self, partition: int) -> None:
+        """Start handling a partition from the group's committed offset. Caller: the transport's rebalance."""
         part = self._topic.partitions[partition]
         key = (self.topic, partition)
         committed = self._group.committed
         if key not in committed:
             # A new group starts where it was told to; from then on its committed offset pins retention.
             committed[key] = part.log_start if self.start_from == "earliest" else part.next_offset
-        stop = asyncio.Event()
-        task = asyncio.create_task(self._consume(part, stop), name=f"{self.group}:{self.topic}[{partition}]")
-        self._tasks[partition] = (task, stop)
+        self._workers[partition] = PartitionWorker(self.topic, partition, committed[key], self.delivery,
+                                                   _LogReader(self.transport, part, self._group), transport="memory")
 
-    async def _consume(self, part: _Partition, stop: asyncio.Event) -> None:
-        try:
-            await self._consume_in_order(part, stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug here would silently stall the partition: say so loudly
-            log.exception("memory_partition_consumer_crashed", topic=self.topic, partition=part.index,
-                          group=self.group)
-
-    async def _consume_in_order(self, part: _Partition, stop: asyncio.Event) -> None:
-        """Deliver one partition's records in order; commit each offset once its handler is done."""
-        committed = self._group.committed
-        key = (self.topic, part.index)
-        handler, batch_handler = self.handler, self.batch_handler
-        while not stop.is_set():
-            position = committed[key]
-            if position < part.log_start:
-                log.error("events_skipped_by_retention", topic=self.topic, partition=part.index, group=self.group,
-                          skipped=part.log_start - position)
-                position = committed[key] = part.log_start
-            if position >= part.next_offset:
-                await part.wait(part.waiters)
-                continue
-            first = position - part.log_start
-            if batch_handler is not None:
-                records = _window(part.records, first, first + self.max_batch)
-                acks = await deliver_batch(records, batch_handler, group=self.group, retry=self.retry,
-                                           dead_letter=self.transport._dead_letter, stopping=stop,
-                                           transient=transient_error)
-            else:
-                records = [part.records[first]]
-                acks = await deliver(records[0], handler, group=self.group, retry=self.retry,
-                                     dead_letter=self.transport._dead_letter, stopping=stop)
-            if acks is None:
-                return
-            if acks:  # never from this transport's own sends, which are durable when they return
-                await asyncio.wait(acks)
-                if first_error(acks) is not None:  # handle them again, publishes awaited, under the retry policy
-                    if not await deliver_each(records, handler, transient=transient_error, group=self.group,
-                                              retry=self.retry, dead_letter=self.transport._dead_letter,
-                                              stopping=stop):
-                        return
-            # A replay may have moved the offset while the handler ran; only advance from where we read.
-            if committed[key] == position:
-                committed[key] = position + len(records)
-            if part.space_waiters:
-                self.transport._free_space(part)
+    def joined(self) -> None:
+        """The group's rebalance gave this member its partitions (possibly none). Caller: the transport."""
+        self._state = SubscriptionState.ASSIGNED
+        self._joined.set()
 
 
 class InMemoryTransport(Transport):
@@ -283,7 +260,7 @@ class InMemoryTransport(Transport):
             part.log_start += 1
         return group, slowest
 
-    def _free_space(self, part: _Partition, *, now: bool = False) -> None:
+    def free_space(self, part: _Partition, *, now: bool = False) -> None:
         """A consumer moved on: wake as many waiting publishers as there is room, oldest first, once the slowest
         group has made room for a batch (a low-water mark), or `WAKE_WITHIN` seconds after the first free slot.
 
@@ -314,7 +291,7 @@ class InMemoryTransport(Transport):
 
     def _wake_late(self, part: _Partition) -> None:
         part.wake_timer = None
-        self._free_space(part, now=True)
+        self.free_space(part, now=True)
 
     async def _make_room(self, part: _Partition) -> None:
         """Wait until the partition has room for one more record and no publisher that waited longer is still
@@ -348,7 +325,7 @@ class InMemoryTransport(Transport):
             except asyncio.CancelledError:
                 if room.done() and not room.cancelled() and room.result():
                     part.granted -= 1
-                    self._free_space(part, now=True)  # the slot it was given passes to the next publisher
+                    self.free_space(part, now=True)  # the slot it was given passes to the next publisher
                 else:
                     _forget(part.space_waiters, room)
                 raise
@@ -359,7 +336,8 @@ class InMemoryTransport(Transport):
             else:
                 _forget(part.space_waiters, room)
 
-    async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
+    async def dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
+        """Publish a record that failed for good to its dead-letter topic. Caller: this transport's subscriptions."""
         if topic not in self._topics:
             await self.ensure_topics([TopicConfig(topic, len(self._topic(record.topic).partitions))])
         await self.publish(topic, record.value, key=record.key, headers=headers)
@@ -375,10 +353,10 @@ class InMemoryTransport(Transport):
                                  member or f"{group}-{next(self._member_ids)}", max_batch)
         async with g.lock:
             g.members.setdefault(topic, []).append(sub)
-            await self._rebalance(g, t)
+            await self.rebalance(g, t)
         return sub
 
-    async def _rebalance(self, group: _Group, topic: _Topic) -> None:
+    async def rebalance(self, group: _Group, topic: _Topic) -> None:
         """Split the topic's partitions round-robin among the group's live members (caller holds group.lock).
 
         Revoked partitions finish their current record before the new owner starts, so no record is handled
@@ -390,14 +368,13 @@ class InMemoryTransport(Transport):
             if members:
                 wanted[members[p % len(members)]].add(p)
         for member, partitions in wanted.items():
-            revoked = set(member._tasks) - partitions
+            revoked = member.assigned_partitions - partitions
             if revoked:
-                await member._revoke(revoked, grace_period=30.0)
+                await member.revoke(set(revoked), grace_period=30.0)
         for member, partitions in wanted.items():
-            for p in sorted(partitions - set(member._tasks)):
-                member._assign(p)
-            member._state = SubscriptionState.ASSIGNED
-            member._joined.set()
+            for p in sorted(partitions - member.assigned_partitions):
+                member.assign(p)
+            member.joined()
 
     async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
         names = list(topics) if topics is not None else sorted(self._topics)
@@ -439,7 +416,7 @@ class InMemoryTransport(Transport):
             g.committed[(topic, part.index)] = offset
             result[part.index] = offset
             if part.space_waiters:  # moved forward past what held retention: publishers may go on
-                self._free_space(part)
+                self.free_space(part)
         return result
 
 

@@ -106,7 +106,8 @@ async def own_broker(tmp_path: Path, bootstrap: str) -> AsyncIterator[Broker]:
 
 
 async def test_a_broker_restart_delays_work_without_losing_it(own_broker: Broker) -> None:
-    transport = kafka_transport(own_broker.bootstrap, request_timeout_ms=60_000)
+    # publish_timeout long enough for the restart: the publish waits for the broker instead of failing as unavailable.
+    transport = kafka_transport(own_broker.bootstrap, request_timeout_ms=60_000, publish_timeout=60.0)
     await transport.start()
     try:
         topic = unique("outage")

@@ -146,9 +146,9 @@ async def test_a_partition_whose_handler_is_behind_stops_fetching_and_resumes_in
 
         async def slow(record: Record) -> None:
             nonlocal most_buffered, paused_seen
-            [worker] = sub._workers.values()
-            most_buffered = max(most_buffered, len(worker.queue))
-            paused_seen = paused_seen or worker.paused
+            [fetched] = sub._fetched.values()
+            most_buffered = max(most_buffered, len(fetched.queue))
+            paused_seen = paused_seen or fetched.paused
             handled.append(record.offset)
             await asyncio.sleep(0)
 

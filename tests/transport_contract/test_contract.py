@@ -19,7 +19,6 @@ from meshrun.errors import (
     BrokerUnavailable,
     GroupHasLiveMembers,
     TopicPartitionMismatch,
-    TransportStateError,
     UnknownTopic,
 )
 from meshrun.transport.base import Record, StartFrom, Subscription, Transport

@@ -1,23 +1,24 @@
-"""A Kafka partition worker pipelines its handlers' publishes: the next record is handled while the broker still
-acknowledges the previous ones, and an offset counts as done only once every record up to it is acknowledged.
+"""The partition worker (every transport's) pipelines its handlers' publishes: the next record is handled while the
+broker still acknowledges the previous ones, and an offset counts as done only once every record up to it is
+acknowledged.
 
-The worker is driven here with acknowledgements this test resolves by hand, so each ordering can be forced; the
-same worker against a real broker is covered by the transport and mesh tests.
+The worker is driven here from a queue of records and with acknowledgements this test resolves by hand, so each
+ordering can be forced; the same worker on both transports is covered by the contract, Kafka and mesh tests.
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from types import SimpleNamespace
+from collections import deque
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-from aiokafka.structs import ConsumerRecord
 
 from meshrun.config import RetryConfig
 from meshrun.transport.base import Headers, Record
-from meshrun.transport.delivery import PoisonEvent, RetryLater, split_handler
-from meshrun.transport.kafka_subscription import _PartitionWorker
+from meshrun.transport.delivery import DeadLetter, PoisonEvent, RetryLater, split_handler
+from meshrun.transport.kafka_subscription import transient_publish_error
+from meshrun.transport.partition_worker import Delivery, PartitionWorker
 from tests.polling import eventually
 
 TOPIC = "invoices-in"
@@ -57,36 +58,69 @@ class ScriptedBatchHandler:
         return acks
 
 
-def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1) -> _PartitionWorker:
-    sub = SimpleNamespace(
-        topic=TOPIC, group="billing-group", max_batch=max_batch,
-        retry=RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05),
-        dead_letter=None, resume=lambda worker: None,
-        options=SimpleNamespace(max_unacked_per_partition=max_unacked, max_buffered_per_partition=1000),
-    )
-    sub.handler, sub.batch_handler = split_handler(handler, max_batch)
-    return _PartitionWorker(sub, partition=0, position=0)  # type: ignore[arg-type]
+class QueueSource:
+    """Records fed by the test, taken by the worker: the simplest `RecordSource`. `done_at` lists each `done` call."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Record] = deque()
+        self.done_at: list[int] = []
+        self._wakeup = asyncio.Event()
+
+    def feed(self, records: list[Record]) -> None:
+        self.queue.extend(records)
+        self._wakeup.set()
+
+    def take(self, limit: int) -> list[Record]:
+        return [self.queue.popleft() for _ in range(min(limit, len(self.queue)))]
+
+    async def wait(self) -> None:
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def done(self, offset: int) -> None:
+        self.done_at.append(offset)
 
 
-def worker_recording_dead_letters(handler: Any, *, max_batch: int) -> tuple[_PartitionWorker, list[int]]:
+class Worker(PartitionWorker):
+    """A partition worker with its queue at hand: `feed` hands it records."""
+
+    source: QueueSource
+
+    def feed(self, records: list[Record]) -> None:
+        self.source.feed(records)
+
+
+async def no_dead_letters(topic: str, record: Record, headers: Headers) -> None:
+    raise AssertionError(f"dead-lettered {record.offset}")
+
+
+def worker_for(handler: Any, *, max_unacked: int = 256, max_batch: int = 1,
+               dead_letter: DeadLetter = no_dead_letters) -> Worker:
+    single, batch = split_handler(handler, max_batch)
+    delivery = Delivery("billing-group", single, batch, max_batch,
+                        RetryConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.05), dead_letter,
+                        transient_publish_error, max_unacked)
+    return Worker(TOPIC, 0, 0, delivery, QueueSource(), transport="test")
+
+
+def worker_recording_dead_letters(handler: Any, *, max_batch: int) -> tuple[Worker, list[int]]:
     """A worker whose dead-letter topic is a list of the offsets sent to it."""
     dead: list[int] = []
 
     async def dead_letter(topic: str, record: Record, headers: Headers) -> None:
         dead.append(record.offset)
 
-    worker = worker_for(handler, max_batch=max_batch)
-    worker.sub.dead_letter = dead_letter
-    return worker, dead
+    return worker_for(handler, max_batch=max_batch, dead_letter=dead_letter), dead
 
 
-def records(*offsets: int) -> list[ConsumerRecord[bytes, bytes]]:
-    return [ConsumerRecord(topic=TOPIC, partition=0, offset=o, timestamp=0, timestamp_type=0, key=b"k",
-                           value=b"{}", checksum=None, serialized_key_size=1, serialized_value_size=2, headers=[])
-            for o in offsets]
+def records(*offsets: int) -> list[Record]:
+    return [Record(TOPIC, 0, o, b"k", b"{}") for o in offsets]
 
 
-async def stop(worker: _PartitionWorker) -> None:
+async def stop(worker: PartitionWorker) -> None:
     worker.stop()
     await asyncio.wait_for(worker.task, 5)
 
