@@ -14,6 +14,7 @@ from aiokafka.errors import OutOfOrderSequenceNumber
 from meshrun.config import RetryConfig, TopicConfig
 from meshrun.transport.base import Record, SubscriptionState
 from meshrun.transport.kafka import KafkaTransport
+from meshrun.transport import kafka_subscription
 from meshrun.transport.kafka_subscription import KafkaSubscription
 from tests.kafka.broker import kafka_transport, unique
 from tests.polling import eventually
@@ -46,8 +47,22 @@ def _watch_rejoins(sub: KafkaSubscription) -> list[str | None]:
     return reported
 
 
+class LogRecorder:
+    """Stands in for a module's structlog logger: keeps (level, event, fields) of every call."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def log(event: str, **fields: Any) -> None:
+            self.lines.append((level, event, fields))
+        return log
+
+
 async def test_a_member_that_stops_fetching_is_declared_stalled_reports_it_and_rejoins(
-        bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+        bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    logged = LogRecorder()
+    monkeypatch.setattr(kafka_subscription, "log", logged)
     transport = kafka_transport(bootstrap, stall_timeout=1.5)
     await transport.start()
     try:
@@ -78,8 +93,8 @@ async def test_a_member_that_stops_fetching_is_declared_stalled_reports_it_and_r
                          what="the record to be handled after the member rejoined")
         await eventually(lambda: sub.state is SubscriptionState.ASSIGNED and sub.problem is None,
                          what="readiness to clear once the member is assigned again")
-        out = capsys.readouterr().out
-        assert "partition_stalled" in out and "[error" in out
+        [(level, _, fields)] = [line for line in logged.lines if line[1] == "partition_stalled"]
+        assert level == "error" and fields["partitions"] == [0] and fields["topic"] == topic
         assert sub.consumer is not stuck
         await transport.publish(topic, b"after")
         await eventually(lambda: handled[-1:] == [b"after"], what="the next record on the new consumer")
