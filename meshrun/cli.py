@@ -19,6 +19,8 @@ from meshrun.registry import load_services, select
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
+    from meshrun.transport.base import TransportAdmin
+
 T = TypeVar("T")
 
 
@@ -195,11 +197,21 @@ def check(config_path: str, transport: str | None, only: str | None, exclude: st
         click.echo(f"  topic {topic.name}: {topic.partitions} partition(s), replication {topic.replication_factor}")
 
 
-def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> T:
+def _with_admin(config: MeshConfig, work: Callable[["TransportAdmin"], Awaitable[T]]) -> T:
+    """Run `work` against the topics and groups of the configured transport: the transport itself when it crosses
+    processes (Kafka), the running mesh's admin endpoint when it lives inside `meshrun up` (memory)."""
+    from meshrun.http.admin_client import MeshAdminClient
     from meshrun.transport import create_transport
+    from meshrun.transport.registry import transport_class
 
     configure_logging("console", "warning")  # the command's output is the answer, not the client's chatter
+
     async def go() -> T:
+        if transport_class(config.transport).in_process:
+            holders = ", ".join(_services_holding_topics(config)) or "a service with topics"
+            return await work(MeshAdminClient(config, f" A mesh split with --only/--except serves this port from "
+                                                      f"the process that runs any of {holders} (a process whose "
+                                                      "services use no topic does not open it)"))
         transport = create_transport(config)
         await transport.start()
         try:
@@ -208,33 +220,6 @@ def _with_transport(config: MeshConfig, work: Callable[[Any], Awaitable[T]]) -> 
             await transport.stop()
 
     return asyncio.run(go())
-
-
-def _admin_call(config: MeshConfig, method: str, path: str, params: dict[str, str] | None = None) -> Any:
-    """Ask a running in-memory mesh (its mesh.admin_port) for topics or a replay."""
-    import json
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    if config.admin_port is None:
-        raise MeshrunError(f"{config.file}: mesh.admin_port is not set; the in-memory transport lives inside "
-                           "`meshrun up` and is reached through that port (or use --transport kafka)")
-    url = f"http://{config.host}:{config.admin_port}{path}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        raise MeshrunError(json.load(exc).get("message", str(exc))) from None
-    except OSError as exc:
-        holders = ", ".join(_services_holding_topics(config)) or "a service with topics"
-        raise MeshrunError(
-            f"no running mesh answers at {url} ({exc}): the in-memory mesh is not running; start it with "
-            f"`meshrun up`. A mesh split with --only/--except serves this port from the process that runs any of "
-            f"{holders} (a process whose services use no topic does not open it)") from None
 
 
 def _services_holding_topics(config: MeshConfig) -> list[str]:
@@ -259,10 +244,7 @@ def topics(config_path: str, transport: str | None, as_json: bool) -> None:
 
     try:
         config = _load(config_path, transport)
-        if config.transport == "memory":
-            infos = _admin_call(config, "GET", "/topics")["topics"]
-        else:
-            infos = topic_infos_to_json(_with_transport(config, lambda t: t.describe()))
+        infos = topic_infos_to_json(_with_admin(config, lambda admin: admin.describe()))
     except MeshrunError as exc:
         fail(exc)
     if as_json:
@@ -271,8 +253,8 @@ def topics(config_path: str, transport: str | None, as_json: bool) -> None:
     width = max([len("topic"), *(len(info["name"]) for info in infos)]) + 2
     click.echo(f"{'topic':<{width}}{'partitions':>10}{'records':>10}")
     for info in infos:
-        records = info.get("records")  # absent from a mesh started by an older meshrun
-        click.echo(f"{info['name']:<{width}}{info['partitions']:>10}{'?' if records is None else records:>10}")
+        records = info["records"]
+        click.echo(f"{info['name']:<{width}}{info['partitions']:>10}{records:>10}")
         if info["name"].endswith(".dlq") and records:
             # A dead letter is a record no handler could take: say so on its own line, not only as a number.
             click.echo(f"  ! {records} dead-lettered record(s) of {info['name'].removesuffix('.dlq')}: "
@@ -304,11 +286,7 @@ def replay(config_path: str, transport: str | None, group: str, topic: str, targ
             fail(MeshrunError(f"--to: {target!r} is not earliest, latest or an ISO timestamp"))
     try:
         config = _load(config_path, transport)
-        if config.transport == "memory":
-            result = _admin_call(config, "POST", "/replay", {"group": group, "topic": topic, "to": target})
-            offsets = {int(p): o for p, o in result["offsets"].items()}
-        else:
-            offsets = _with_transport(config, lambda t: t.reset_offsets(group, topic, to))
+        offsets = _with_admin(config, lambda admin: admin.reset_offsets(group, topic, to))
     except MeshrunError as exc:
         fail(exc)
     for partition, offset in sorted(offsets.items()):

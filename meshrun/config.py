@@ -12,7 +12,7 @@ from typing import Any
 
 from meshrun.errors import ConfigError
 
-TRANSPORTS = ("memory", "kafka")
+TRANSPORTS = ("memory", "kafka")  # meshrun's own; other distributions may install more (meshrun.transport.registry)
 LOG_FORMATS = ("console", "json")
 START_FROM = ("earliest", "latest")
 # Options passed through to aiokafka as they are (TLS/SASL and client tuning); env MESHRUN_KAFKA_<KEY> overrides.
@@ -107,14 +107,16 @@ class MeshConfig:
     topics: dict[str, TopicConfig] = field(default_factory=dict)
     memory: MemoryTransportConfig = field(default_factory=MemoryTransportConfig)
     kafka: KafkaTransportConfig = field(default_factory=KafkaTransportConfig)
+    # [transport.<name>] tables of transports other distributions installed, as written (each reads its own).
+    transport_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
         return Path(self.file).resolve().parent
 
     def with_transport(self, transport: str) -> "MeshConfig":
-        if transport not in TRANSPORTS:
-            raise ConfigError(self.file, [f"unknown transport {transport!r} (expected memory or kafka)"])
+        if transport not in installed_transports():
+            raise ConfigError(self.file, [f"unknown transport {transport!r} (expected {_one_of(installed_transports())})"])
         return replace(self, transport=transport)
 
     def service_url(self, name: str) -> str:
@@ -173,6 +175,17 @@ class _Table:
             self.problems.append(f"{self.key(extra)}: unknown key")
 
 
+def installed_transports() -> list[str]:
+    """meshrun's transports and those other distributions registered (read from their entry points)."""
+    from meshrun.transport.registry import transport_names
+
+    return [*TRANSPORTS, *sorted(set(transport_names()) - set(TRANSPORTS))]
+
+
+def _one_of(names: list[str]) -> str:
+    return " or ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def load_config(path: str | os.PathLike[str]) -> MeshConfig:
     """Read and validate a services.toml; raises ConfigError listing every problem found."""
     file = str(path)
@@ -192,8 +205,8 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
 
     mesh = root.table("mesh")
     transport = mesh.get("transport", str, "memory")
-    if transport not in TRANSPORTS:
-        problems.append(f"mesh.transport: unknown transport {transport!r} (expected memory or kafka)")
+    if transport not in installed_transports():
+        problems.append(f"mesh.transport: unknown transport {transport!r} (expected {_one_of(installed_transports())})")
     host = mesh.get("host", str, "127.0.0.1")
     issuer = mesh.get("issuer", str, None)
     admin_port = mesh.get("admin_port", int, None)
@@ -216,6 +229,9 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         if value is not None:
             options[option] = value
     kafka_table.finish()
+    # The table of another installed transport is that transport's to read (Transport.from_config).
+    plugin_tables = {name: transport_table.table(name).data for name in installed_transports()
+                     if name not in TRANSPORTS and isinstance(transport_table.data.get(name), dict)}
     transport_table.finish()
     bootstrap = options.pop("bootstrap_servers", "127.0.0.1:9092")
 
@@ -297,6 +313,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         topics=topics,
         memory=memory,
         kafka=KafkaTransportConfig(bootstrap_servers=bootstrap, options=options),
+        transport_tables=plugin_tables,
     )
     config = _apply_env(config, problems)
     if problems:

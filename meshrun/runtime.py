@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence, cast
 import aiohttp
 from aiohttp import web
 
-from meshrun.config import MAX_BUFFERED_PER_PARTITION, MeshConfig, TopicConfig
+from meshrun.config import MeshConfig, TopicConfig
 from meshrun.context import BatchContext, EventContext, ServiceContext
 from meshrun.errors import PortInUse
 from meshrun.events import Event, EventDecodeError, decode
@@ -222,12 +222,9 @@ class Mesh:
         return frozenset(t for t, n in readers.items() if n > 1)
 
     def decode_cache_size(self, shared: frozenset[str]) -> int:
-        """Enough decoded events to cover how far apart this process's groups of one topic can be: in memory,
-        retention (backpressure keeps the slowest group within it); on Kafka, the records fetched ahead."""
-        if self.transport.name == "memory":
-            spread = self.config.memory.retention
-        else:
-            spread = int(self.config.kafka.options.get("max_in_flight_per_partition", MAX_BUFFERED_PER_PARTITION))
+        """Enough decoded events to cover how far apart this process's groups of one topic can be (what the
+        transport lets one group get ahead of another on a partition)."""
+        spread = self.transport.records_ahead_per_partition
         return max(4096, sum(self.config.topics[t].partitions for t in shared) * spread * 5 // 4)
 
     async def start(self) -> None:
@@ -256,11 +253,11 @@ class Mesh:
                     await self._start_http(running)
             for running in self.services.values():
                 await self._start_consumers(running)
-            # The admin endpoint serves the in-memory transport, which lives in this process; a Kafka mesh is
-            # split across processes that would all claim the port, and `meshrun topics` asks Kafka directly.
+            # The admin endpoint serves a transport whose topics live in this process (in memory); one that crosses
+            # processes (Kafka) is asked directly by `meshrun topics`, and its processes would all claim the port.
             # A process holding no topic has nothing to show or replay, so it leaves the port to the one that
             # does: `meshrun up --only users` runs next to `meshrun up --except users`.
-            if self.config.admin_port is not None and self.transport.name == "memory" and needed:
+            if self.config.admin_port is not None and self.transport.in_process and needed:
                 await self._start_admin()
         except BaseException:
             await self.stop()

@@ -50,6 +50,13 @@ def create_admin_app(mesh: "Mesh") -> web.Application:
             return json_error(409, "replay_refused", str(exc))
         return json_response({"group": group, "topic": topic, "offsets": {str(p): o for p, o in offsets.items()}})
 
+    async def members(request: web.Request) -> web.Response:
+        group = request.query.get("group")
+        if not group:
+            return json_error(400, "invalid_request", "group is a required query parameter")
+        return json_response({"group": group, "members": await mesh.transport.live_members(group)})
+
     app.router.add_get("/topics", topics)
+    app.router.add_get("/members", members)
     app.router.add_post("/replay", replay)
     return app

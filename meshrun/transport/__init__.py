@@ -4,19 +4,13 @@ from __future__ import annotations
 from meshrun.config import MeshConfig
 from meshrun.transport.base import Record, RecordMetadata, Subscription, Transport
 from meshrun.transport.delivery import PoisonEvent, RetryLater
+from meshrun.transport.registry import transport_class
 
 
 def create_transport(config: MeshConfig) -> Transport:
-    """The transport named by `mesh.transport` (or --transport), configured from services.toml."""
-    if config.transport == "memory":
-        from meshrun.transport.memory import InMemoryTransport
-
-        return InMemoryTransport(config.memory)
-    if config.transport == "kafka":
-        from meshrun.transport.kafka import KafkaTransport
-
-        return KafkaTransport(config.kafka)
-    raise ValueError(f"unknown transport {config.transport!r} (expected memory or kafka)")
+    """The transport named by `mesh.transport` (or --transport), found among the installed transports
+    (`meshrun.transport.registry`) and configured from services.toml."""
+    return transport_class(config.transport).from_config(config)
 
 
 __all__ = ["Record", "RecordMetadata", "Subscription", "Transport", "PoisonEvent", "RetryLater", "create_transport"]

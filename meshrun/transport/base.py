@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
-from meshrun.config import RetryConfig, TopicConfig
+from meshrun.config import MeshConfig, RetryConfig, TopicConfig
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -120,10 +120,46 @@ class Subscription(abc.ABC):
         """Stop fetching, let the in-flight handler finish (up to grace_period), commit, and leave the group."""
 
 
-class Transport(abc.ABC):
-    """Moves records between services: topics of partitions, consumer groups, committed offsets."""
+class TransportAdmin(abc.ABC):
+    """What operators ask of a transport's topics and groups (`meshrun topics`, `meshrun replay`): implemented by
+    every transport, and by the client of a running mesh's admin endpoint for a transport that lives in-process."""
 
-    name: str
+    @abc.abstractmethod
+    async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
+        """Topics (without a list: every topic, dead-letter topics included, not the broker's internal ones), their
+        partitions, the records each holds, and each group's committed offsets and lag."""
+
+    @abc.abstractmethod
+    async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
+        """Move a group's committed offsets (replay); refuses while the group has live members."""
+
+    @abc.abstractmethod
+    async def live_members(self, group: str) -> int:
+        """Live members of `group` that this transport knows of."""
+
+
+class Transport(TransportAdmin):
+    """Moves records between services: topics of partitions, consumer groups, committed offsets.
+
+    What a transport can do is said by its attributes, never by its name: code that needs to know asks them.
+    """
+
+    name: str  # for logs and reports only
+    # True when its topics live inside one process (nothing crosses processes): the runtime then opens the admin
+    # endpoint, through which `meshrun topics` and `meshrun replay` reach the running mesh.
+    in_process: bool = False
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: MeshConfig) -> "Transport":
+        """This transport configured from services.toml (its `[transport.<name>]` table)."""
+
+    @property
+    @abc.abstractmethod
+    def records_ahead_per_partition(self) -> int:
+        """How many records one consumer group may be ahead of another on a partition before the transport holds
+        the faster one back (memory: retention; Kafka: records fetched ahead). Sizes what is shared between groups,
+        such as the runtime's cache of decoded events."""
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -171,12 +207,3 @@ class Transport(abc.ABC):
         partition, as many as are there when it is free (no waiting for a batch to fill). If it fails, each record
         of the batch is handed to it again on its own, under the retry policy (see `delivery.deliver_batch`).
         """
-
-    @abc.abstractmethod
-    async def describe(self, topics: Sequence[str] | None = None) -> list[TopicInfo]:
-        """Topics (without a list: every topic, dead-letter topics included, not the broker's internal ones), their
-        partitions, the records each holds, and each group's committed offsets and lag."""
-
-    @abc.abstractmethod
-    async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
-        """Move a group's committed offsets (replay); refuses while the group has live members."""

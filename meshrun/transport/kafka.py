@@ -15,7 +15,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from meshrun.config import KafkaTransportConfig, RetryConfig, TopicConfig
+from meshrun.config import KafkaTransportConfig, MeshConfig, RetryConfig, TopicConfig
 from meshrun.errors import BrokerUnavailable, GroupHasLiveMembers, TransportStateError, UnknownTopic
 from meshrun.transport.base import (
     BatchHandler,
@@ -68,6 +68,14 @@ class KafkaTransport(Transport):
         self._member_ids = itertools.count(1)
         self._round_robin: dict[str, itertools.count[int]] = {}  # per topic, for records without a key
         quiet_repeated_aiokafka_logs()
+
+    @classmethod
+    def from_config(cls, config: MeshConfig) -> "KafkaTransport":
+        return cls(config.kafka)
+
+    @property
+    def records_ahead_per_partition(self) -> int:
+        return self.options.max_buffered_per_partition  # fetched ahead of a partition's handler
 
     async def start(self) -> None:
         if self._producer.current is not None:
@@ -194,15 +202,15 @@ class KafkaTransport(Transport):
             infos.append(TopicInfo(name, counts[name], groups, records=held))
         return infos
 
-    def live_members(self, group: str) -> int:
-        """Members of `group` in this process (the cluster may have more: `reset_offsets` asks the broker)."""
-        return sum(1 for s in self._subscriptions
-                   if s.group == group and s.state not in (SubscriptionState.STOPPING, SubscriptionState.STOPPED))
+    async def live_members(self, group: str) -> int:
+        """Members of `group` in the whole cluster, as its group coordinator sees them."""
+        self._require_started()
+        return await self._admin.live_members(group)
 
     async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
         self._require_started()
         tps = partitions_of(topic, await self._partition_count(topic))
-        members = await self._admin.live_members(group)
+        members = await self.live_members(group)
         if members:
             raise GroupHasLiveMembers(group, members)
         if to == "earliest":

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import structlog
 
-from meshrun.config import MemoryTransportConfig, RetryConfig, TopicConfig
+from meshrun.config import MemoryTransportConfig, MeshConfig, RetryConfig, TopicConfig
 from meshrun.errors import Backpressure, GroupHasLiveMembers, TopicPartitionMismatch, TransportStateError, UnknownTopic
 from meshrun.transport.base import (
     BatchHandler,
@@ -183,6 +183,7 @@ class InMemoryTransport(Transport):
     """Topics, partitions and consumer groups in this process's memory, bounded by `retention` per partition."""
 
     name = "memory"
+    in_process = True
 
     def __init__(self, config: MemoryTransportConfig | None = None) -> None:
         self.config = config or MemoryTransportConfig()
@@ -192,6 +193,14 @@ class InMemoryTransport(Transport):
         self._member_ids = itertools.count(1)
         self._wake_batch = max(1, self.config.retention // 16)
         self._trim_chunk = max(1, self.config.retention // 64)
+
+    @classmethod
+    def from_config(cls, config: MeshConfig) -> "InMemoryTransport":
+        return cls(config.memory)
+
+    @property
+    def records_ahead_per_partition(self) -> int:
+        return self.config.retention  # backpressure keeps the slowest group within it
 
     async def start(self) -> None:
         self._started = True
@@ -393,13 +402,13 @@ class InMemoryTransport(Transport):
                                    records=sum(p.next_offset - p.log_start for p in t.partitions)))
         return infos
 
-    def live_members(self, group: str) -> int:
+    async def live_members(self, group: str) -> int:
         g = self._groups.get(group)
         return sum(len(m) for m in g.members.values()) if g else 0
 
     async def reset_offsets(self, group: str, topic: str, to: ResetTarget) -> dict[int, int]:
         t = self._topic(topic)
-        live = self.live_members(group)
+        live = await self.live_members(group)
         if live:
             raise GroupHasLiveMembers(group, live)
         g = self._groups.setdefault(group, _Group(group))
