@@ -6,7 +6,6 @@ cluster administration (topics, groups, offsets) in `kafka_admin`, option routin
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from datetime import datetime
 from typing import Any, Sequence
@@ -110,7 +109,7 @@ class KafkaTransport(Transport):
             count = self._partitions[topic] = await self._admin.partition_count(topic)
         return count
 
-    def _partition_of(self, producer: AIOKafkaProducer, *, topic: str, key: bytes | None) -> int | None:
+    def _partition_of(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
         """The key's partition from the producer's current metadata, or None before the producer has the topic's
         metadata (aiokafka then waits for it and asks `_KeyPartitioner`, which gives the same answer for a key).
         Naming the partition spares `send` aiokafka's partitioner call and its copies of the partition lists
@@ -156,8 +155,7 @@ class KafkaTransport(Transport):
             await self._partition_count(topic)
         # Returns once the record is in the producer's batch for its partition (in call order); the future
         # resolves with the broker's acknowledgement.
-        return await self._producer.send(topic, value, key, list(headers) or None,
-                                         functools.partial(self._partition_of, topic=topic, key=key))
+        return await self._producer.send(topic, value, key, list(headers) or None, self._partition_of)
 
     async def _dead_letter(self, topic: str, record: Record, headers: Headers) -> None:
         if topic not in self._partitions:

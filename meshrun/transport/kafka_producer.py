@@ -50,6 +50,8 @@ class ReplaceableProducer:
         self.current: AIOKafkaProducer | None = None
         self.replacements = 0  # producers replaced so far (a test and the logs read it)
         self._replacing: asyncio.Task[None] | None = None
+        # The acknowledgement callback of the current producer, made once per producer rather than once per send.
+        self._on_ack: Callable[[asyncio.Future[Any]], None] = lambda ack: None
         self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -69,7 +71,7 @@ class ReplaceableProducer:
     async def start(self) -> None:
         producer = self._new()
         await start_client(producer, "producer", self.options)
-        self.current = producer
+        self.current, self._on_ack = producer, self._on_ack_of(producer)
         self._closed = False
 
     async def ready(self) -> AIOKafkaProducer:
@@ -82,7 +84,7 @@ class ReplaceableProducer:
         return self.current
 
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None,
-                   partition: Callable[[AIOKafkaProducer], int | None]) -> asyncio.Future[Any]:
+                   partition: Callable[[AIOKafkaProducer, str, bytes | None], int | None]) -> asyncio.Future[Any]:
         """Queue one record; the returned future resolves with the broker's acknowledgement (or fails).
 
         Raises BrokerUnavailable when the record could not even be queued (the producer's buffer for the partition
@@ -92,7 +94,7 @@ class ReplaceableProducer:
             producer = await self.ready()
         try:
             ack: asyncio.Future[Any] = await producer.send(topic, value, key=key, headers=headers,
-                                                           partition=partition(producer))
+                                                           partition=partition(producer, topic, key))
         except MessageSizeTooLargeError:
             raise
         except (KafkaError, ProducerClosed) as exc:
@@ -101,8 +103,11 @@ class ReplaceableProducer:
             log.warning("kafka_publish_failed", topic=topic, error=repr(exc))
             raise BrokerUnavailable(self.options.bootstrap_servers, f"publish to {topic!r} not queued: {exc!r}",
                                     retry_after=self.options.publish_timeout) from exc
-        ack.add_done_callback(functools.partial(self._acknowledged, producer))
+        ack.add_done_callback(self._on_ack if producer is self.current else self._on_ack_of(producer))
         return ack
+
+    def _on_ack_of(self, producer: AIOKafkaProducer) -> Callable[[asyncio.Future[Any]], None]:
+        return functools.partial(self._acknowledged, producer)
 
     def _acknowledged(self, producer: AIOKafkaProducer, ack: asyncio.Future[Any]) -> None:
         if not ack.cancelled() and ack.exception() is not None:
@@ -124,7 +129,7 @@ class ReplaceableProducer:
                 except BrokerUnavailable as exc:  # still away after connect_timeout: keep trying
                     log.warning("kafka_producer_replacement_waiting", error=str(exc))
                     continue
-                self.current = new
+                self.current, self._on_ack = new, self._on_ack_of(new)
                 self.replacements += 1
                 log.info("kafka_producer_replaced", replacements=self.replacements)
                 break
