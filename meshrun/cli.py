@@ -5,7 +5,6 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 import click
@@ -278,12 +277,12 @@ def replay(config_path: str, transport: str | None, group: str, topic: str, targ
     On Kafka this is refused while the group has live members. On the in-memory transport the running mesh
     pauses its own members of the group, moves the offsets and resumes them.
     """
-    to: Any = target
-    if target not in ("earliest", "latest"):
-        try:
-            to = datetime.fromisoformat(target.replace("Z", "+00:00"))
-        except ValueError:
-            fail(MeshrunError(f"--to: {target!r} is not earliest, latest or an ISO timestamp"))
+    from meshrun.transport.base import parse_reset_target
+
+    try:
+        to = parse_reset_target(target)
+    except ValueError as exc:
+        fail(MeshrunError(f"--to: {exc}"))
     try:
         config = _load(config_path, transport)
         offsets = _with_admin(config, lambda admin: admin.reset_offsets(group, topic, to))

@@ -8,47 +8,22 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from meshrun.errors import ConfigError
 
 TRANSPORTS = ("memory", "kafka")  # meshrun's own; other distributions may install more (meshrun.transport.registry)
 LOG_FORMATS = ("console", "json")
 START_FROM = ("earliest", "latest")
-# Options passed through to aiokafka as they are (TLS/SASL and client tuning); env MESHRUN_KAFKA_<KEY> overrides.
-KAFKA_OPTIONS: dict[str, type] = {
-    "bootstrap_servers": str,
-    "client_id": str,
-    "security_protocol": str,
-    "sasl_mechanism": str,
-    "sasl_plain_username": str,
-    "sasl_plain_password": str,
-    "ssl_cafile": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "request_timeout_ms": int,
-    "session_timeout_ms": int,
-    "heartbeat_interval_ms": int,
-    "max_poll_records": int,
-    "max_partition_fetch_bytes": int,
-    "fetch_max_bytes": int,
-    "fetch_min_bytes": int,
-    "fetch_max_wait_ms": int,
-    "linger_ms": int,
-    "commit_interval_ms": int,
-    "max_in_flight_per_partition": int,
-    "max_unacked_per_partition": int,
-    "rebalance_timeout_ms": int,
-    # Seconds: how long a publish waits for the broker's acknowledgement before it fails as unavailable (the Order
-    # service then answers 503 with Retry-After), and how long a member may hold a partition with records past its
-    # position without fetching them before it is declared stalled and rejoins its group.
-    "publish_timeout": float,
-    "stall_timeout": float,
-}
+StartFrom = Literal["earliest", "latest"]  # where a new consumer group starts
 
 
-# Kafka: records fetched ahead of a partition's handler before it stops fetching (`max_in_flight_per_partition`).
-MAX_BUFFERED_PER_PARTITION = 1000
+def kafka_option_types() -> dict[str, type]:
+    """The options `[transport.kafka]` accepts and their types, as the Kafka transport declares them (env
+    MESHRUN_KAFKA_<KEY> overrides each). Imported when asked: the transport package imports this module."""
+    from meshrun.transport.kafka_settings import KAFKA_OPTIONS
+
+    return {option.name: option.kind for option in KAFKA_OPTIONS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +50,7 @@ class ServiceConfig:
     port: int | None = None
     group: str | None = None
     replicas: int = 1
-    start_from: str = "earliest"
+    start_from: StartFrom = "earliest"
     audience: str | None = None
     retry: RetryConfig = field(default_factory=RetryConfig)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -224,7 +199,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
     mem.finish()
     kafka_table = transport_table.table("kafka")
     options: dict[str, Any] = {}
-    for option, kind in KAFKA_OPTIONS.items():
+    for option, kind in kafka_option_types().items():
         value = kafka_table.positive(option, None, float) if kind is float else kafka_table.get(option, kind, None)
         if value is not None:
             options[option] = value
@@ -290,7 +265,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
             port=port,
             group=group,
             replicas=s.positive("replicas", 1),
-            start_from=s.choice("start_from", START_FROM, "earliest"),
+            start_from=cast(StartFrom, s.choice("start_from", START_FROM, "earliest")),
             audience=s.get("audience", str, None),
             retry=retry,
             settings=settings,
@@ -325,7 +300,7 @@ def _apply_env(config: MeshConfig, problems: list[str]) -> MeshConfig:
     """Environment overrides for what differs between machines: the broker and its credentials."""
     options = dict(config.kafka.options)
     bootstrap = config.kafka.bootstrap_servers
-    for option, kind in KAFKA_OPTIONS.items():
+    for option, kind in kafka_option_types().items():
         raw = os.environ.get(f"MESHRUN_KAFKA_{option.upper()}")
         if raw is None:
             continue

@@ -305,7 +305,7 @@ class Mesh:
             for replica in range(ls.config.replicas):
                 sub = await self.transport.subscribe(
                     subscriber.topic, ls.config.group or ls.name, handler, retry=ls.config.retry,
-                    start_from=ls.config.start_from,  # type: ignore[arg-type]
+                    start_from=ls.config.start_from,
                     member=f"{ls.name}-{replica + 1}", max_batch=subscriber.batch,
                 )
                 running.subscriptions.append(sub)

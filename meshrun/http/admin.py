@@ -6,13 +6,13 @@ Bind it to a private interface only: it can rewind consumer groups.
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from meshrun.errors import MeshrunError
 from meshrun.http.server import json_error, json_errors, json_response
+from meshrun.transport.base import parse_reset_target
 
 if TYPE_CHECKING:
     from meshrun.runtime import Mesh
@@ -38,12 +38,10 @@ def create_admin_app(mesh: "Mesh") -> web.Application:
         group, topic, target = query.get("group"), query.get("topic"), query.get("to", "")
         if not group or not topic:
             return json_error(400, "invalid_request", "group and topic are required query parameters")
-        to: Any = target
-        if target not in ("earliest", "latest"):
-            try:
-                to = datetime.fromisoformat(target.replace("Z", "+00:00"))
-            except ValueError:
-                return json_error(400, "invalid_request", f"to: {target!r} is not earliest, latest or an ISO time")
+        try:
+            to = parse_reset_target(target)
+        except ValueError as exc:
+            return json_error(400, "invalid_request", f"to: {exc}")
         try:
             offsets = await mesh.replay(group, topic, to)
         except MeshrunError as exc:

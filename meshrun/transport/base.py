@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
 from meshrun.config import MeshConfig, RetryConfig, TopicConfig
+from meshrun.config import StartFrom as StartFrom  # re-exported: the transports name it from here
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -51,8 +52,20 @@ Acks = Sequence[asyncio.Future[Any]]
 Handler = Callable[[Record], Awaitable[Acks | None]]
 # A handler of consecutive records of one partition at once (`Transport.subscribe(..., max_batch=N)`).
 BatchHandler = Callable[[Sequence[Record]], Awaitable[Acks | None]]
-StartFrom = Literal["earliest", "latest"]
 ResetTarget = Literal["earliest", "latest"] | datetime
+
+
+def parse_reset_target(text: str) -> ResetTarget:
+    """A replay target as an operator writes it: earliest, latest or an ISO time (a trailing Z means UTC).
+    Raises ValueError naming what was given."""
+    if text == "earliest":
+        return "earliest"
+    if text == "latest":
+        return "latest"
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not earliest, latest or an ISO time (2026-01-31T12:00:00Z)") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ class KafkaTransport(Transport):
 
     @property
     def records_ahead_per_partition(self) -> int:
-        return self.options.max_buffered_per_partition  # fetched ahead of a partition's handler
+        return self.options.max_in_flight_per_partition  # fetched ahead of a partition's handler
 
     async def start(self) -> None:
         if self._producer.current is not None:

@@ -16,21 +16,23 @@ import structlog
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 
-from meshrun.config import MAX_BUFFERED_PER_PARTITION, KafkaTransportConfig
+from meshrun.config import KafkaTransportConfig
 from meshrun.errors import BrokerUnavailable, MeshrunError
+from meshrun.transport.kafka_settings import KAFKA_OPTIONS, Goes, options_going_to
 from meshrun.transport.kafka_backoff import pace_metadata_refresh
 
 log = structlog.get_logger("meshrun.transport.kafka")
 
-# Options every client (producer, consumers, admin) takes as they are.
-_COMMON = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
-_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-_PRODUCER = ("linger_ms",)
-_CONSUMER = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_records", "rebalance_timeout_ms",
-             "max_partition_fetch_bytes", "fetch_max_bytes", "fetch_min_bytes", "fetch_max_wait_ms")
-_MESHRUN = ("client_id", "commit_interval_ms", "max_in_flight_per_partition", "max_unacked_per_partition",
-            "publish_timeout", "stall_timeout")
-KNOWN_OPTIONS = frozenset(_COMMON + _SSL_FILES + _PRODUCER + _CONSUMER + _MESHRUN)
+# Records fetched ahead of a partition's handler before that partition stops fetching, by default.
+MAX_IN_FLIGHT_PER_PARTITION = 1000
+
+# Which client takes which option: read from the one declaration of the options (kafka_settings).
+_COMMON = options_going_to(Goes.EVERY_CLIENT)
+_SSL_FILES = options_going_to(Goes.TLS_FILE)
+_PRODUCER = options_going_to(Goes.PRODUCER)
+_CONSUMER = options_going_to(Goes.CONSUMER)
+_MESHRUN = options_going_to(Goes.MESHRUN)
+KNOWN_OPTIONS = frozenset(option.name for option in KAFKA_OPTIONS if option.goes is not Goes.CONNECTION)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class KafkaClientOptions:
     # How often a consumer commits the offsets its handlers finished (also the longest a fetch waits).
     commit_interval: float
     # Records fetched ahead of a partition's handler before that partition stops fetching.
-    max_buffered_per_partition: int
+    max_in_flight_per_partition: int
     # Handled records of a partition whose publishes may await the broker's acknowledgement at once.
     max_unacked_per_partition: int
     # How long a revoked partition's in-flight handler may run on before it is cancelled (and redelivered).
@@ -96,10 +98,10 @@ class KafkaClientOptions:
             bootstrap_servers=config.bootstrap_servers,
             client_id=str(options.get("client_id", "meshrun")),
             common=common,
-            producer={"linger_ms": options.get("linger_ms", 0)},
+            producer={"linger_ms": 0, **{k: options[k] for k in _PRODUCER if k in options}},
             consumer=consumer,
             commit_interval=int(options.get("commit_interval_ms", 100)) / 1000,
-            max_buffered_per_partition=int(options.get("max_in_flight_per_partition", MAX_BUFFERED_PER_PARTITION)),
+            max_in_flight_per_partition=int(options.get("max_in_flight_per_partition", MAX_IN_FLIGHT_PER_PARTITION)),
             max_unacked_per_partition=max(1, int(options.get("max_unacked_per_partition", 256))),
             revoke_grace_period=consumer["rebalance_timeout_ms"] / 2000,
             idle_long_poll=idle_long_poll,

@@ -83,7 +83,7 @@ class _Fetched:
         if not queue:
             return []
         records = [queue.popleft()] if limit == 1 else [queue.popleft() for _ in range(min(limit, len(queue)))]
-        if self.paused and len(queue) <= self.sub.options.max_buffered_per_partition // 2:
+        if self.paused and len(queue) <= self.sub.options.max_in_flight_per_partition // 2:
             self.sub.resume(self)
         return records
 
@@ -231,7 +231,7 @@ class KafkaSubscription(Subscription):
         for tp, messages in batch.items():
             fetched = self._fetched.get(tp.partition) or self._add_worker(tp.partition, messages[0].offset)
             fetched.feed(messages)
-            if not fetched.paused and len(fetched.queue) >= self.options.max_buffered_per_partition:
+            if not fetched.paused and len(fetched.queue) >= self.options.max_in_flight_per_partition:
                 self._pause(fetched)
         if time.monotonic() - self._last_commit >= self.options.commit_interval:
             await self.commit()

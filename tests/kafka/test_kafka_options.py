@@ -1,7 +1,7 @@
 """How `[transport.kafka]` options reach the aiokafka clients: meshrun's defaults, and the user's overrides."""
 from __future__ import annotations
 
-from meshrun.config import KafkaTransportConfig
+from meshrun.config import KafkaTransportConfig, parse_config
 from meshrun.transport.kafka_options import KafkaClientOptions
 
 
@@ -26,3 +26,17 @@ def test_fetches_wait_briefly_for_a_batch_by_default_and_can_answer_at_the_first
         "fetch_min_bytes": 1, "fetch_max_wait_ms": 500}))
     assert (eager.consumer["fetch_min_bytes"], eager.consumer["fetch_max_wait_ms"]) == (1, 500)
     assert "fetch_min_bytes" not in eager.producer
+
+
+def test_every_option_the_file_accepts_is_one_the_transport_uses_and_back() -> None:
+    """One declaration (kafka_settings) feeds both: rebalance_timeout_ms once worked in the transport while the
+    file refused it as an unknown key."""
+    from meshrun.config import kafka_option_types
+    from meshrun.transport.kafka_options import KNOWN_OPTIONS
+
+    assert set(kafka_option_types()) - {"bootstrap_servers"} == KNOWN_OPTIONS
+    config = parse_config({"transport": {"kafka": {"rebalance_timeout_ms": 90_000, "publish_timeout": 2}},
+                           "services": {"g": {"module": "meshrun.examples.greeter"}}})
+    options = KafkaClientOptions.from_config(config.kafka)
+    assert options.consumer["rebalance_timeout_ms"] == 90_000 and options.revoke_grace_period == 45.0
+    assert options.publish_timeout == 2.0
