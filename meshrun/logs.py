@@ -4,6 +4,7 @@ Configured once per process for speed (cached loggers, orjson, no frame inspecti
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -200,3 +201,10 @@ def _named(log: Any, service: str) -> Any:
     worker = os.environ.get("MESHRUN_WORKER")
     log = log.bind(service=service)
     return log.bind(worker=int(worker)) if worker else log
+
+
+async def flush_logs_periodically(interval: float = 0.1) -> None:
+    """Flush the buffered log lines every `interval` seconds, until cancelled (the mesh runs it while it serves)."""
+    while True:
+        await asyncio.sleep(interval)
+        flush_logs()

@@ -6,174 +6,40 @@ offsets are committed), run stop hooks, stop the transport.
 from __future__ import annotations
 
 import asyncio
-import errno
-import gc
-import os
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, cast
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
 
 from meshrun.config import MeshConfig, TopicConfig
-from meshrun.context import BatchContext, EventContext, ServiceContext
-from meshrun.errors import PortInUse
-from meshrun.events import Event, EventDecodeError, decode
+from meshrun.context import ServiceContext
+from meshrun.decoded_events import DecodedEvents
+from meshrun.gc_tuning import tune_gc_for_serving
+from meshrun.handler_adapters import batch_event_handler, event_handler
 from meshrun.http.server import create_app
-from meshrun.logs import flush_logs, mesh_logger, service_logger
+from meshrun.http.serving import serve_app
+from meshrun.logs import (
+    flush_logs,
+    flush_logs_periodically,
+    mesh_logger,
+    service_logger,
+)
 from meshrun.registry import LoadedService, load_services
-from meshrun.service import BatchEventHandler, EventHandler, Subscriber
+from meshrun.running import RunningService
 from meshrun.transport import create_transport
 from meshrun.transport.base import (
-    Acks,
     BatchHandler,
     Handler,
-    Record,
     ResetTarget,
-    Subscription,
-    SubscriptionState,
     Transport,
 )
-from meshrun.transport.delivery import PoisonEvent, dead_letter_topic
-
-
-class DecodedEvents:
-    """The last few thousand decoded events of this process, so that the consumer groups that read one record
-    (Inventory, Email, Analytics and Billing all read each OrderPlaced) decode it once, not once each.
-
-    Keyed by where the record lives and when it was written; events are frozen, so sharing them is safe. Only
-    topics that several groups of this process read are kept. Bounded: groups read a record at nearly the same
-    time, and a miss only costs a decode.
-    """
-
-    def __init__(self, capacity: int = 4096, shared_topics: frozenset[str] | None = None) -> None:
-        self.capacity = capacity
-        self.shared_topics = shared_topics  # None: every topic
-        # An OrderedDict: popping the oldest of a plain dict gets slower as deleted slots pile up at its front.
-        self._events: OrderedDict[tuple[str, int, int, int], Event] = OrderedDict()
-
-    def decode(self, record: Record, event_type: type[Event]) -> Event:
-        shared = self.shared_topics is None or record.topic in self.shared_topics
-        if shared:
-            key = (record.topic, record.partition, record.offset, record.timestamp_ms)
-            event = self._events.get(key)
-            if type(event) is event_type:
-                return event
-        try:
-            event = decode(record.value, event_type)
-        except EventDecodeError as exc:
-            raise PoisonEvent(str(exc)) from None
-        if shared:
-            if len(self._events) >= self.capacity:
-                self._events.popitem(last=False)
-            self._events[key] = event
-        return event
-
-
-def tune_gc_for_serving() -> None:
-    """Once a process serves: freeze what start-up allocated (modules, configuration, services: alive for the whole
-    run, so the collector need not scan them again) and run the youngest generation's collection less often.
-
-    A busy mesh allocates short-lived containers by the hundred thousand per second, nearly all freed by reference
-    counting; at the default threshold (700) the collector ran thousands of times a second and took about 5 % of the
-    CPU at 100,000 orders. MESHRUN_GC=default keeps Python's defaults.
-    """
-    if os.environ.get("MESHRUN_GC", "tuned") == "default":
-        return
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(50_000, second, third)
-
-
-def _payload(record: Record, event_type: type[Event] | None, decoded: DecodedEvents) -> Any:
-    """What a handler receives: the decoded event, or the raw record for a subscriber without an event type."""
-    return record if event_type is None else decoded.decode(record, event_type)
-
-
-def _bound_log(base_log: Any, record: Record, payload: Any) -> Any:
-    """A logger bound with where a record came from, and its event and trace ids."""
-    if isinstance(payload, Event):
-        event_id: str | None = payload.event_id
-        trace_id: str | None = payload.trace_id
-    else:
-        raw_event_id = record.header("meshrun-event-id")
-        raw_trace_id = record.header("meshrun-trace-id")
-        event_id = raw_event_id.decode() if raw_event_id else None
-        trace_id = raw_trace_id.decode() if raw_trace_id else None
-    return base_log.bind(topic=record.topic, partition=record.partition, offset=record.offset, event_id=event_id,
-                         trace_id=trace_id)
-
-
-def event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> Handler:
-    """Adapt a service's handler to the transport: decode once, bind the log context, pass an EventContext."""
-    handler = cast(EventHandler, subscriber.handler)
-    event_type = subscriber.event
-    base_log = ctx.log
-
-    async def handle(record: Record) -> Acks | None:
-        payload = _payload(record, event_type, decoded)
-        event_ctx = EventContext(ctx, record, _bound_log(base_log, record, payload))
-        try:
-            await handler(payload, event_ctx)
-        finally:
-            event_ctx.finished = True
-        return event_ctx.acks  # the transport commits this record once they resolve
-
-    return handle
-
-
-def batch_event_handler(subscriber: Subscriber[Any], ctx: ServiceContext, decoded: DecodedEvents) -> BatchHandler:
-    """`event_handler` for a handler of lists of events: decode each, pass the list and one BatchContext. A record
-    that does not decode fails the batch, and the transport hands its records over one at a time."""
-    handler = cast(BatchEventHandler, subscriber.handler)
-    event_type = subscriber.event
-    base_log = ctx.log
-
-    async def handle(records: Sequence[Record]) -> Acks | None:
-        payloads = [_payload(record, event_type, decoded) for record in records]
-        first, last = records[0], records[-1]
-        log = base_log.bind(topic=first.topic, partition=first.partition,
-                            offsets=f"{first.offset}-{last.offset}", events=len(records))
-        batch_ctx = BatchContext(ctx, records, log, lambda i: _bound_log(base_log, records[i], payloads[i]))
-        try:
-            await handler(payloads, batch_ctx)
-        finally:
-            batch_ctx.finished = True
-        return batch_ctx.acks
-
-    return handle
+from meshrun.transport.delivery import dead_letter_topic
 
 
 def _session_of(ctx: ServiceContext) -> Callable[[], aiohttp.ClientSession]:
     """The service's shared HTTP session, looked up at each call (it is created on first use, again after a close)."""
     return lambda: ctx.http
-
-
-@dataclass
-class RunningService:
-    loaded: LoadedService
-    ctx: ServiceContext
-    runner: web.AppRunner | None = None
-    port: int | None = None
-    subscriptions: list[Subscription] = field(default_factory=list)
-
-    async def problems(self) -> list[str]:
-        found = [s.problem or f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
-                 if s.state is not SubscriptionState.ASSIGNED or s.problem]
-        if self.ctx.guard is not None:
-            problem = await self.ctx.guard.ready()
-            if problem:
-                found.append(problem)
-        for check in self.loaded.service.ready_checks:
-            try:
-                problem = await check(self.ctx)
-            except Exception as exc:  # a failing check means not ready, not a crash
-                problem = f"{check.__name__}: {type(exc).__name__}: {exc}"
-            if problem:
-                found.append(problem)
-        return found
 
 
 class Mesh:
@@ -263,34 +129,18 @@ class Mesh:
             await self.stop()
             raise
 
-    async def _serve(self, name: str, app: web.Application, port: int,
-                     key: str | None = None) -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.grace_period,
-                               handle_signals=False)
-        await runner.setup()
-        # `meshrun up --workers N` starts N processes that share each port; the kernel spreads connections.
-        site = web.TCPSite(runner, self.config.host, port, reuse_address=True,
-                           reuse_port=os.environ.get("MESHRUN_REUSE_PORT") == "1")
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(name, self.config.host, port, key) from None
-            raise
-        sockets = getattr(site._server, "sockets", None) or []
-        return runner, sockets[0].getsockname()[1] if sockets else port
-
     async def _start_http(self, running: RunningService) -> None:
         ls = running.loaded
         app = create_app(ls.service, running.ctx, running.problems)
-        running.runner, running.port = await self._serve(ls.name, app, ls.config.port or 0)
+        running.runner, running.port = await serve_app(ls.name, app, self.config.host, ls.config.port or 0,
+                                                       grace_period=self.config.grace_period)
 
     async def _start_admin(self) -> None:
         from meshrun.http.admin import create_admin_app
 
-        self._admin, _ = await self._serve("mesh admin", create_admin_app(self), self.config.admin_port or 0,
-                                     "mesh.admin_port")
+        self._admin, _ = await serve_app("mesh admin", create_admin_app(self), self.config.host,
+                                         self.config.admin_port or 0, grace_period=self.config.grace_period,
+                                         key="mesh.admin_port")
 
     async def _start_consumers(self, running: RunningService, topic: str | None = None) -> None:
         ls = running.loaded
@@ -370,7 +220,7 @@ class Mesh:
 
     async def run(self, stop: asyncio.Event, ready_timeout: float = 60.0) -> None:
         """Start, report readiness, wait for `stop` (set by a signal), then shut down gracefully."""
-        flusher = asyncio.create_task(self._flush_logs_periodically())
+        flusher = asyncio.create_task(flush_logs_periodically())
         await self.start()
         try:
             elapsed = await self.wait_ready(ready_timeout)
@@ -384,9 +234,3 @@ class Mesh:
             flusher.cancel()
         self.log.info("mesh_stopped")
         flush_logs()
-
-    @staticmethod
-    async def _flush_logs_periodically(interval: float = 0.1) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            flush_logs()

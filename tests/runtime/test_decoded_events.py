@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from meshrun.events import encode
-from meshrun.runtime import DecodedEvents
+from meshrun.decoded_events import DecodedEvents
 from meshrun.services.events import LineItem, OrderPlaced
 from meshrun.transport.base import Record
 from meshrun.transport.delivery import PoisonEvent
