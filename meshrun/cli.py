@@ -194,6 +194,10 @@ def check(config_path: str, transport: str | None, only: str | None, exclude: st
                    f"{', '.join(ls.topics) or '-':<18}{', '.join(sorted(ls.service.publishes)) or '-'}")
     for topic in config.topics.values():
         click.echo(f"  topic {topic.name}: {topic.partitions} partition(s), replication {topic.replication_factor}")
+    from meshrun.security_warnings import security_warnings
+
+    for warning in security_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _with_admin(config: MeshConfig, work: Callable[["TransportAdmin"], Awaitable[T]]) -> T:

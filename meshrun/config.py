@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from meshrun.errors import ConfigError
+from meshrun.tls import cleartext_problem
 
 TRANSPORTS = ("memory", "kafka")  # meshrun's own; other distributions may install more (meshrun.transport.registry)
 LOG_FORMATS = ("console", "json")
@@ -74,6 +75,7 @@ class MeshConfig:
     transport: str = "memory"
     host: str = "127.0.0.1"
     issuer: str | None = None
+    trust_proxy_tls: bool = False  # a proxy or sidecar encrypts the traffic: plain http beyond loopback is allowed
     admin_port: int | None = None
     grace_period: float = 10.0
     log_level: str = "info"
@@ -184,6 +186,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         problems.append(f"mesh.transport: unknown transport {transport!r} (expected {_one_of(installed_transports())})")
     host = mesh.get("host", str, "127.0.0.1")
     issuer = mesh.get("issuer", str, None)
+    trust_proxy_tls = mesh.get("trust_proxy_tls", bool, False)
     admin_port = mesh.get("admin_port", int, None)
     grace = mesh.positive("grace_period", 10.0, float)
     log_level = mesh.choice("log_level", ("debug", "info", "warning", "error"), "info")
@@ -280,6 +283,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         transport=transport,
         host=host,
         issuer=issuer,
+        trust_proxy_tls=trust_proxy_tls,
         admin_port=admin_port,
         grace_period=grace,
         log_level=log_level,
@@ -291,9 +295,25 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         transport_tables=plugin_tables,
     )
     config = _apply_env(config, problems)
+    _check_issuer_tls(config, problems)
     if problems:
         raise ConfigError(file, problems)
     return config
+
+
+def _check_issuer_tls(config: MeshConfig, problems: list[str]) -> None:
+    """Passwords, client secrets and tokens go to the issuer: beyond loopback only over TLS (ours or a proxy's)."""
+    if config.trust_proxy_tls:
+        return
+    if config.issuer:
+        key, url = "mesh.issuer", config.issuer
+    elif "auth" in config.services and config.services["auth"].port is not None:
+        key, url = "mesh.host", config.service_url("auth")  # the issuer defaults to the auth service's URL
+    else:
+        return
+    problem = cleartext_problem(url, "the issuer")
+    if problem:
+        problems.append(f"{key}: {problem}")
 
 
 def _apply_env(config: MeshConfig, problems: list[str]) -> MeshConfig:

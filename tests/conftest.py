@@ -1,6 +1,7 @@
 """Shared test helpers: free ports, a config builder and a running Mesh on real ports."""
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, AsyncIterator
 
@@ -10,6 +11,10 @@ from meshrun.config import MeshConfig, parse_config
 from meshrun.logs import configure_logging
 
 configure_logging("console", "warning")
+# The shipped services.toml takes the Notification client's secret from the environment, as scripts/up exports it;
+# tests (and the `meshrun up` processes they start, which inherit it) use the same published demo secret.
+DEMO_NOTIFICATION_SECRET = "notification-secret"
+os.environ.setdefault("MESHRUN_NOTIFICATION_SECRET", DEMO_NOTIFICATION_SECRET)
 
 
 def free_port() -> int:

@@ -16,9 +16,10 @@ import click
 import orjson
 
 from meshrun.auth import login
+from meshrun.auth.client_secret import read_secret
 from meshrun.auth.hashing import hash_secret
 from meshrun.auth.issuer.settings import AuthSettings, parse_settings
-from meshrun.auth.keys import RETENTION_MARGIN, SIGNING_ALGORITHMS, KeyStore, published, rotate
+from meshrun.auth.keys import RETENTION_MARGIN, SIGNING_ALGORITHMS, KeyState, KeyStore, key_states, rotate
 from meshrun.config import MeshConfig, load_config
 from meshrun.errors import MeshrunError, SettingsError
 
@@ -45,7 +46,8 @@ def _auth_settings(config: MeshConfig, service: str) -> AuthSettings:
     if service not in config.services:
         raise MeshrunError(f"{config.file}: no [services.{service}] (the authorization server); pass --service")
     try:
-        return parse_settings(config.services[service].settings, f"services.{service}.settings")
+        # The key commands need no client secret: do not ask for the variables that hold them.
+        return parse_settings(config.services[service].settings, f"services.{service}.settings", need_secrets=False)
     except SettingsError as exc:
         raise MeshrunError(f"{config.file}: {exc}") from None
 
@@ -69,7 +71,8 @@ def _read_secret(what: str, from_stdin: bool) -> str:
 @click.option("--resource", "resources", multiple=True, help="Audience to ask for (RFC 8707); repeatable.")
 @click.option("--password-stdin", is_flag=True, help="Read the user's password from stdin instead of a prompt.")
 @click.option("--secret-env", default="MESHRUN_CLIENT_SECRET", show_default=True,
-              help="Environment variable holding the client secret (else the client's secret_env, else stdin).")
+              help="Environment variable holding the client secret (else the client's secret_env or "
+                   "secret_file, else stdin).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole token response (with refresh_token).")
 @service_option
 def token(config_path: str, client_id: str | None, username: str | None, scope: str | None,
@@ -88,12 +91,14 @@ def token(config_path: str, client_id: str | None, username: str | None, scope: 
         if username:
             password = _read_secret("Password", password_stdin)
             body = asyncio.run(login.user_login(issuer, username, password, client_id=client_id or "meshrun-cli",
-                                                scope=scope, resources=resources))
+                                                scope=scope, resources=resources,
+                                                allow_cleartext=config.trust_proxy_tls))
         elif client_id:
             secret = os.environ.get(secret_env) or _client_secret_from_env(config, service, client_id)
             if not secret:
                 secret = _read_secret("Client secret", True)
-            body = asyncio.run(login.client_credentials(issuer, client_id, secret, scope, resources))
+            body = asyncio.run(login.client_credentials(issuer, client_id, secret, scope, resources,
+                                                        allow_cleartext=config.trust_proxy_tls))
     except MeshrunError as exc:
         _fail(exc)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -102,12 +107,19 @@ def token(config_path: str, client_id: str | None, username: str | None, scope: 
 
 
 def _client_secret_from_env(config: MeshConfig, service: str, client_id: str) -> str | None:
-    """The client's own `secret_env` from services.toml, when that variable is set."""
+    """The client's own secret where services.toml says the issuer takes it from: `secret_env` when that variable
+    is set, else `secret_file` (relative to services.toml)."""
     if service not in config.services:
         return None
     for client in config.services[service].settings.get("clients", []):
-        if isinstance(client, dict) and client.get("client_id") == client_id and client.get("secret_env"):
-            return os.environ.get(str(client["secret_env"])) or None
+        if not isinstance(client, dict) or client.get("client_id") != client_id:
+            continue
+        if client.get("secret_env") and os.environ.get(str(client["secret_env"])):
+            return os.environ[str(client["secret_env"])]
+        if isinstance(client.get("secret_file"), str):
+            secret, _ = read_secret("", client["secret_file"], "", config.base_dir,
+                                    f"services.{service}.settings.clients.secret")
+            return secret
     return None
 
 
@@ -125,26 +137,39 @@ def _store(config: MeshConfig, settings: AuthSettings) -> KeyStore:
 @service_option
 @click.option("--alg", type=click.Choice(SIGNING_ALGORITHMS), default=None,
               help="Algorithm of the new key (default: signing_alg from services.toml).")
-def rotate_keys(config_path: str, service: str, alg: str | None) -> None:
-    """Add a new signing key; running servers sign with it within a second. Old public keys stay published
-    until every token they signed has expired, then their files are deleted by a later rotation."""
+@click.option("--now", "immediately", is_flag=True,
+              help="For a compromised key: the new key signs at once and every other key is retired at once. "
+                   "Tokens they signed are refused from then on; users and clients must get new ones.")
+def rotate_keys(config_path: str, service: str, alg: str | None, immediately: bool) -> None:
+    """Add a new signing key. It is published at once and starts signing key_activation_delay seconds later
+    (by then every resource server has fetched it); the old key stays published until every token it signed has
+    expired, then its files are deleted by a later rotation. Running servers follow within a second."""
     try:
         config = load_config(config_path)
         settings = _auth_settings(config, service)
         store = _store(config, settings)
-        key, deleted = rotate(store, alg or settings.signing_alg, settings.access_token_ttl + RETENTION_MARGIN)
+        retired = [k.kid for k in store.load() if k.live(time.time())] if immediately else []
+        key, deleted = rotate(store, alg or settings.signing_alg, settings.access_token_ttl + RETENTION_MARGIN,
+                              activation_delay=settings.key_activation_delay, immediately=immediately)
     except MeshrunError as exc:
         _fail(exc)
-    click.echo(f"new signing key {key.kid} ({key.alg}) in {store.directory}")
+    if immediately:
+        click.echo(f"new signing key {key.kid} ({key.alg}) in {store.directory}, signing now")
+        for kid in retired:
+            click.echo(f"retired key {kid} at once: the tokens it signed are refused from now on")
+    else:
+        click.echo(f"new signing key {key.kid} ({key.alg}) in {store.directory}: published now, signs from "
+                   f"{_when(key.activates_at)} (in {settings.key_activation_delay} s)")
     for kid in deleted:
-        click.echo(f"deleted key {kid}: every token it signed has expired")
+        click.echo(f"deleted key {kid}" + ("" if kid in retired else ": every token it signed has expired"))
 
 
 @keys.command("list")
 @config_option
 @service_option
 def list_keys(config_path: str, service: str) -> None:
-    """List the signing keys: which one signs, which are still published, until when."""
+    """List the signing keys and their state: published (before it signs, or after, until its tokens have
+    expired), active (signing) or retired (no longer published)."""
     try:
         config = load_config(config_path)
         settings = _auth_settings(config, service)
@@ -155,18 +180,17 @@ def list_keys(config_path: str, service: str) -> None:
     if not all_keys:
         click.echo(f"no keys in {store.directory}: the auth service creates one on its first start")
         return
-    retention = settings.access_token_ttl + RETENTION_MARGIN
-    now = time.time()
-    shown = {k.kid for k in published(all_keys, now, retention)}
-    for key, successor in zip(all_keys, all_keys[1:] + [None]):
-        created = _when(key.created_at)
-        if successor is None:
-            state = "signing"
-        elif key.kid in shown:
-            state = f"published until {_when(successor.created_at + retention)}"
+    for status in key_states(all_keys, time.time(), settings.access_token_ttl + RETENTION_MARGIN):
+        key = status.key
+        if status.state is KeyState.PENDING:
+            state = f"published, signs from {_when(status.until or 0.0)}"
+        elif status.state is KeyState.ACTIVE:
+            state = "active (signing)"
+        elif status.state is KeyState.PUBLISHED:
+            state = f"published until {_when(status.until or 0.0)} (no longer signs)"
         else:
             state = "retired (no longer published; deleted at the next rotation)"
-        click.echo(f"{key.kid}  {key.alg}  created {created}  {state}")
+        click.echo(f"{key.kid}  {key.alg}  created {_when(key.created_at)}  {state}")
 
 
 def _when(timestamp: float) -> str:

@@ -37,11 +37,12 @@ class BearerGuard:
 
     def __init__(self, issuer: str, audience: str, session: Callable[[], aiohttp.ClientSession], *,
                  clock: Callable[[], float] = time.time, leeway: float = 5.0, cache_size: int = 10_000,
-                 refetch_interval: float = 5.0) -> None:
+                 refetch_interval: float = 5.0, allow_cleartext: bool = False) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
         self.verifier = TokenVerifier(self.issuer, audience, clock=clock, leeway=leeway, cache_size=cache_size)
-        self.jwks = JwksCache(self.issuer, session, self.verifier.set_keys, refetch_interval=refetch_interval)
+        self.jwks = JwksCache(self.issuer, session, self.verifier.set_keys, refetch_interval=refetch_interval,
+                              allow_cleartext=allow_cleartext)
         self._realm = f'Bearer realm="{_quoted(audience)}"'
 
     @property

@@ -15,8 +15,11 @@ import orjson
 import structlog
 
 from meshrun.auth.verify import VerificationKey, keys_from_jwks
+from meshrun.tls import cleartext_problem
 
 MAX_DOCUMENT_BYTES = 256 * 1024
+# The issuer's max-age is honoured down to this: an issuer announcing 0 must not turn into a fetch per request.
+MIN_MAX_AGE = 1.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 log = structlog.get_logger("meshrun.auth.jwks")
 
@@ -31,15 +34,19 @@ class JwksCache:
     - `refresh()` fetches now (joining a fetch already running).
     - `refetch_for_unknown_kid()` fetches for a token naming a key we lack, at most once per `refetch_interval`
       seconds, so a stream of tokens with made-up key ids cannot turn into a stream of requests to the issuer.
-    - `refresh_in_background()` renews the set after the `max-age` the issuer sent (how removed keys disappear),
-      without making any request wait; if the issuer is down, the keys we have stay in use.
+    - `refresh_in_background()` renews the set after the `max-age` the issuer sent (how new keys arrive before they
+      sign, and removed keys disappear), without making any request wait; if the issuer is down, the keys we have
+      stay in use. Made-up key ids cannot delay it: it has a schedule of its own.
+
+    The issuer and the JWKS must be https, or http on a loopback host, unless `allow_cleartext` (a TLS proxy).
     """
 
     def __init__(self, issuer: str, session: Callable[[], aiohttp.ClientSession],
                  on_keys: Callable[[dict[str, VerificationKey]], None], *, refetch_interval: float = 5.0,
-                 default_max_age: float = 300.0, timeout: float = 5.0,
+                 default_max_age: float = 300.0, timeout: float = 5.0, allow_cleartext: bool = False,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.issuer = issuer.rstrip("/")
+        self.allow_cleartext = allow_cleartext
         self.session = session
         self.on_keys = on_keys
         self.refetch_interval = refetch_interval
@@ -66,9 +73,15 @@ class JwksCache:
         await asyncio.shield(self._inflight)
 
     async def refetch_for_unknown_kid(self) -> None:
-        """Refetch because a token names an unknown key, unless one such refetch ran in the last interval."""
+        """Refetch because a token names an unknown key, unless one such refetch ran in the last interval; a fetch
+        already under way (the scheduled one, say) is waited for either way, since it may bring the key."""
         now = self.monotonic()
         if now - self._last_unknown_kid_fetch < self.refetch_interval:
+            if self._inflight is not None and not self._inflight.done():
+                try:
+                    await asyncio.shield(self._inflight)
+                except JwksUnavailable:
+                    pass
             return
         self._last_unknown_kid_fetch = now
         try:
@@ -80,7 +93,6 @@ class JwksCache:
         now = self.monotonic()
         if now < self._next_background or (self._inflight is not None and not self._inflight.done()):
             return
-        self._next_background = now + self.refetch_interval  # after a failure, try again in a while, not per request
         self._inflight = asyncio.get_running_loop().create_task(self._fetch())
         self._inflight.add_done_callback(_retrieve)
 
@@ -99,6 +111,7 @@ class JwksCache:
                                       f"key ({'; '.join(skipped) or 'it is empty'})")
         except JwksUnavailable as exc:
             self.last_error = str(exc)
+            self._next_background = self.monotonic() + self.refetch_interval  # not a fetch per request while down
             log.warning("jwks_fetch_failed", issuer=self.issuer, problem=str(exc))
             raise
         if skipped:
@@ -112,6 +125,7 @@ class JwksCache:
     async def _discover(self) -> str:
         """RFC 8414 §3: the metadata names the JWKS; its `issuer` must be exactly the one we trust (§3.3)."""
         url = f"{self.issuer}/.well-known/oauth-authorization-server"
+        self._require_tls(self.issuer, "the issuer")
         metadata, _ = await self._get(url)
         if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
             found = metadata.get("issuer") if isinstance(metadata, dict) else None
@@ -120,7 +134,14 @@ class JwksCache:
         jwks_uri = metadata.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise JwksUnavailable(f"metadata at {url} has no jwks_uri")
+        self._require_tls(jwks_uri, "the jwks_uri of the issuer's metadata,")
         return jwks_uri
+
+    def _require_tls(self, url: str, what: str) -> None:
+        # Keys fetched in cleartext could be swapped on the way: whoever did so could mint accepted tokens.
+        problem = None if self.allow_cleartext else cleartext_problem(url, what)
+        if problem:
+            raise JwksUnavailable(problem)
 
     async def _get(self, url: str) -> tuple[Any, float]:
         try:
@@ -139,7 +160,7 @@ class JwksCache:
         except orjson.JSONDecodeError:
             raise JwksUnavailable(f"{url} did not return JSON") from None
         max_age = float(match[1]) if match else self.default_max_age
-        return document, min(max(max_age, 10.0), 3600.0)
+        return document, min(max(max_age, MIN_MAX_AGE), 3600.0)
 
     async def close(self) -> None:
         if self._inflight is not None and not self._inflight.done():

@@ -1,6 +1,7 @@
 """The issuer's signing keys on disk, the key ring one issuer process signs with, and the JWKS it publishes.
 
 Private keys stay in `keys/` (files readable by their owner only); resource servers only ever see `jwks()`.
+A new key is published before it signs (`activates_at`), so resource servers know it before they meet its tokens.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,18 @@ log = structlog.get_logger("meshrun.auth.keys")
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
-    """One private key with its key id (the RFC 7638 thumbprint), algorithm and creation time."""
+    """One private key with its key id (the RFC 7638 thumbprint), algorithm, creation time, the time from which it
+    signs (published but not signing before), and the time it was retired at once (`keys rotate --now`), if so."""
 
     kid: str
     alg: str
     created_at: float
     key: RSAKey | ECKey
+    activates_at: float = 0.0
+    retired_at: float | None = None
+
+    def live(self, now: float) -> bool:
+        return self.retired_at is None or now < self.retired_at
 
     def public_jwk(self) -> dict[str, Any]:
         jwk = dict(self.key.as_dict(private=False))
@@ -57,14 +65,15 @@ class SigningKey:
         return jws.serialize_compact(protected, orjson.dumps(claims), self.key, algorithms=[self.alg])
 
 
-def generate_key(alg: str, now: float) -> SigningKey:
+def generate_key(alg: str, now: float, activates_at: float | None = None) -> SigningKey:
     if alg == "RS256":
         key: RSAKey | ECKey = RSAKey.generate_key(2048, private=True)
     elif alg == "ES256":
         key = ECKey.generate_key("P-256", private=True)
     else:
         raise KeyStoreError(f"signing algorithm {alg!r} is not supported (use one of {', '.join(SIGNING_ALGORITHMS)})")
-    return SigningKey(kid=key.thumbprint(), alg=alg, created_at=now, key=key)
+    return SigningKey(kid=key.thumbprint(), alg=alg, created_at=now, key=key,
+                      activates_at=now if activates_at is None else activates_at)
 
 
 class KeyStore:
@@ -104,16 +113,23 @@ class KeyStore:
                 raise KeyStoreError(f"{key_path}: private key is readable by other users (mode "
                                     f"{stat.S_IMODE(mode):04o}); run `chmod 600 {key_path}`")
             alg = meta.get("alg")
-            if alg not in SIGNING_ALGORITHMS or not isinstance(meta.get("created_at"), (int, float)):
+            created_at = meta.get("created_at")
+            activates_at = meta.get("activates_at", created_at)  # keys written before activation delays sign at once
+            retired_at = meta.get("retired_at")
+            if alg not in SIGNING_ALGORITHMS or not all(isinstance(v, (int, float)) for v in (created_at, activates_at)) \
+                    or not isinstance(retired_at, (int, float, type(None))):
                 raise KeyStoreError(f"{meta_path}: expected {{\"alg\": one of {list(SIGNING_ALGORITHMS)}, "
-                                    "\"created_at\": seconds}}")
+                                    "\"created_at\": seconds, \"activates_at\": seconds, \"retired_at\": seconds or "
+                                    "null}}")
             try:
                 key: RSAKey | ECKey = (RSAKey if alg == "RS256" else ECKey).import_key(pem)
             except (JoseError, ValueError, TypeError) as exc:
                 raise KeyStoreError(f"{key_path}: not a valid {alg} private key ({exc})") from None
             if key.thumbprint() != kid:
                 raise KeyStoreError(f"{key_path}: the key's thumbprint is {key.thumbprint()}, not its file name")
-            keys.append(SigningKey(kid=kid, alg=alg, created_at=float(meta["created_at"]), key=key))
+            keys.append(SigningKey(kid=kid, alg=alg, created_at=float(created_at), key=key,
+                                   activates_at=float(activates_at),
+                                   retired_at=None if retired_at is None else float(retired_at)))
         keys.sort(key=lambda k: (k.created_at, k.kid))
         return keys
 
@@ -122,9 +138,30 @@ class KeyStore:
         pem = key.key.private_key.private_bytes(  # type: ignore[union-attr]
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         self._write(f"{key.kid}{KEY_SUFFIX}", pem, 0o600)
+        self.save_metadata(key)
+
+    def save_metadata(self, key: SigningKey) -> None:
+        """Written last, atomically: a key exists for readers once this file does (and changes all at once)."""
         self._write(f"{key.kid}{META_SUFFIX}",
-                    orjson.dumps({"kid": key.kid, "alg": key.alg, "created_at": key.created_at},
+                    orjson.dumps({"kid": key.kid, "alg": key.alg, "created_at": key.created_at,
+                                  "activates_at": key.activates_at, "retired_at": key.retired_at},
                                  option=orjson.OPT_INDENT_2), 0o644)
+
+    def shared_secret(self, name: str) -> bytes:
+        """32 random bytes kept in `<name>.secret` (mode 0600), created on first use: a secret every issuer process
+        sharing this directory holds (the login form's CSRF tokens are checked with it wherever they land)."""
+        path = self.directory / f"{name}.secret"
+        with self.locked():
+            if not path.exists():
+                self._write(path.name, os.urandom(32), 0o600)
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise KeyStoreError(f"{path}: secret is readable by other users (mode {mode:04o}); run "
+                                    f"`chmod 600 {path}`")
+            secret = path.read_bytes()
+        if len(secret) < 32:
+            raise KeyStoreError(f"{path}: expected 32 random bytes; delete the file and it is created again")
+        return secret
 
     def delete(self, kid: str) -> None:
         for suffix in (META_SUFFIX, KEY_SUFFIX):  # metadata first: a half-deleted key is simply absent
@@ -173,25 +210,77 @@ def ensure_keys(store: KeyStore, alg: str, now: float | None = None) -> list[Sig
     return keys
 
 
+class KeyState(Enum):
+    """Where a key is in its life. PENDING -> ACTIVE -> PUBLISHED -> RETIRED; `rotate --now` retires at once."""
+
+    PENDING = "pending"      # in the JWKS, signs from activates_at: resource servers fetch it before its tokens
+    ACTIVE = "active"        # signs new tokens (one key at a time)
+    PUBLISHED = "published"  # replaced, still in the JWKS until every token it signed has expired
+    RETIRED = "retired"      # out of the JWKS: its tokens are refused; its files go at the next rotation
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    key: SigningKey
+    state: KeyState
+    until: float | None = None  # PENDING: when it starts signing; PUBLISHED: when it leaves the JWKS
+
+
+def _activation_order(key: SigningKey) -> tuple[float, float, str]:
+    return key.activates_at, key.created_at, key.kid
+
+
+def key_states(keys: list[SigningKey], now: float, retention: float) -> list[KeyStatus]:
+    """Each key's state at `now`, in activation order. A key replaced by a newer active one stays PUBLISHED until
+    `retention` seconds after that one started signing (by then every token the old key signed has expired)."""
+    ordered = sorted(keys, key=_activation_order)
+    live = [k for k in ordered if k.live(now)]
+    started = [k for k in live if k.activates_at <= now]
+    # Normally the newest key that has started signing; if none has (only pending keys are left), the next to start.
+    active = started[-1] if started else (live[0] if live else None)
+    statuses = []
+    for key in ordered:
+        if not key.live(now):
+            statuses.append(KeyStatus(key, KeyState.RETIRED))
+        elif key is active:
+            statuses.append(KeyStatus(key, KeyState.ACTIVE))
+        elif key.activates_at > now:
+            statuses.append(KeyStatus(key, KeyState.PENDING, key.activates_at))
+        else:
+            successor = next(k for k in started if _activation_order(k) > _activation_order(key))
+            until = successor.activates_at + retention
+            statuses.append(KeyStatus(key, KeyState.PUBLISHED, until) if now < until
+                            else KeyStatus(key, KeyState.RETIRED))
+    return statuses
+
+
+def signing_key(keys: list[SigningKey], now: float) -> SigningKey | None:
+    return next((s.key for s in key_states(keys, now, 0.0) if s.state is KeyState.ACTIVE), None)
+
+
 def published(keys: list[SigningKey], now: float, retention: float) -> list[SigningKey]:
-    """The keys whose public halves belong in the JWKS: the newest (it signs), and each older key until
-    `retention` seconds after the next key replaced it (by then every token it signed has expired)."""
-    ordered = sorted(keys, key=lambda k: (k.created_at, k.kid))
-    kept = []
-    for key, successor in zip(ordered, ordered[1:] + [None]):
-        if successor is None or now < successor.created_at + retention:
-            kept.append(key)
-    return kept
+    """The keys whose public halves belong in the JWKS: pending, active, and replaced ones still verifying."""
+    return [s.key for s in key_states(keys, now, retention) if s.state is not KeyState.RETIRED]
 
 
-def rotate(store: KeyStore, alg: str, retention: float, now: float | None = None
-           ) -> tuple[SigningKey, list[str]]:
-    """Add a new signing key and delete the files of keys no longer published; returns (new key, deleted kids)."""
+def rotate(store: KeyStore, alg: str, retention: float, *, activation_delay: float = 0.0, immediately: bool = False,
+           now: float | None = None) -> tuple[SigningKey, list[str]]:
+    """Add a new signing key, published now and signing `activation_delay` seconds later; with `immediately`, it
+    signs at once and every other key is retired (a compromised key: its outstanding tokens are refused).
+    Deletes the files of keys no longer published; returns (new key, deleted kids)."""
     now = time.time() if now is None else now
     with store.locked():
         keys = store.load()
-        key = generate_key(alg, max([now] + [k.created_at + 0.001 for k in keys]))
+        created = max([now] + [k.created_at + 0.001 for k in keys])
+        starts = created if immediately else max([created + activation_delay]
+                                                 + [k.activates_at + 0.001 for k in keys if k.live(now)])
+        key = generate_key(alg, created, starts)
         store.save(key)
+        if immediately:
+            for old in keys:
+                if old.live(now):
+                    store.save_metadata(replace(old, retired_at=now))
+            keys = [replace(k, retired_at=now) if k.live(now) else k for k in keys]
         keep = {k.kid for k in published(keys + [key], now, retention)}
         gone = [k.kid for k in keys if k.kid not in keep]
         for kid in gone:
@@ -233,15 +322,22 @@ class KeyRing:
             if keys:  # an emptied directory keeps the keys in memory: tokens already issued stay verifiable
                 self._keys = keys
 
-    def signing_key(self) -> SigningKey:
+    def signing_key(self, now: float) -> SigningKey:
+        """The key that signs at `now`: a rotated-in key takes over at its activation time, in every process."""
         self._refresh()
-        if not self._keys:
-            raise KeyStoreError(f"{self.store.directory}: no signing key loaded")
-        return self._keys[-1]
+        key = signing_key(self._keys, now)
+        if key is None:
+            raise KeyStoreError(f"{self.store.directory}: no usable signing key (every key is retired); run "
+                                "`meshrun keys rotate --now`")
+        return key
 
     def published(self, now: float) -> list[SigningKey]:
         self._refresh()
         return published(self._keys, now, self.retention)
+
+    def states(self, now: float) -> list[KeyStatus]:
+        self._refresh()
+        return key_states(self._keys, now, self.retention)
 
     def jwks(self, now: float) -> dict[str, Any]:
         """The JWK Set (RFC 7517) of the published keys, newest first: public parameters only."""

@@ -7,20 +7,22 @@ id) makes a retried call a single notification.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from meshrun import BatchContext, RetryLater, Service, ServiceContext
+from meshrun.auth.client_secret import missing_secret, read_secret
 from meshrun.auth.token_source import ClientCredentialsTokenSource
-from meshrun.errors import TokenRequestFailed
+from meshrun.errors import SettingsError, TokenRequestFailed
 from meshrun.http.server import json_response
 from meshrun.services.events import INVOICE_EVENTS, InvoiceIssued
 from meshrun.settings import settings_from
+from meshrun.tls import cleartext_problem
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOTIFY_BATCH = 100  # invoices per POST /notify-users at most; the User service takes up to 500
@@ -30,8 +32,9 @@ ASK_AGAIN_AFTER = 300.0  # seconds before a User service that answered 404 to PO
 @dataclass(frozen=True)
 class NotificationSettings:
     client_id: str = "notification-service"
-    client_secret: str = ""
-    client_secret_env: str = "MESHRUN_NOTIFICATION_SECRET"  # the environment wins over client_secret
+    client_secret_env: str = "MESHRUN_NOTIFICATION_SECRET"  # the secret's variable: it wins over the file
+    client_secret_file: str = ""  # or a file holding it (relative to services.toml), e.g. a mounted secret
+    client_secret: str = ""  # plaintext in services.toml: accepted, warned about by `meshrun check` and at start
     scope: str = "users.notify"
     audience: str = "users"
     users_url: str = ""  # default: the `users` service of this services.toml
@@ -42,13 +45,34 @@ class NotifyRejected(Exception):
     """The User service refused the notification for a reason a retry will not fix (dead-lettered)."""
 
 
-service = Service("notification", settings=settings_from(NotificationSettings))
+_parse = settings_from(NotificationSettings)
+
+
+def parse_settings(table: dict[str, Any], path: str) -> NotificationSettings:
+    """The settings, and a problem naming the variable when the client secret has no source at all."""
+    settings = _parse(table, path)
+    problem = missing_secret(settings.client_secret_env, settings.client_secret_file, settings.client_secret,
+                             f"{path}.client_secret")
+    if problem:
+        raise SettingsError([problem])
+    return settings
+
+
+service = Service("notification", settings=parse_settings)
 
 
 @service.startup
 async def create_token_source(ctx: ServiceContext) -> None:
     s: NotificationSettings = ctx.settings
-    secret = os.environ.get(s.client_secret_env) or s.client_secret
+    key = f"services.{ctx.name}.settings.client_secret"
+    secret, source = read_secret(s.client_secret_env, s.client_secret_file, s.client_secret, ctx.mesh.base_dir, key)
+    if source == "plaintext":
+        ctx.log.warning("plaintext_client_secret", key=key, hint="move it to client_secret_env or client_secret_file")
+    for name, url in (("token_url", s.token_url), ("users_url", s.users_url)):
+        # Both carry credentials (the secret, then bearer tokens): never in cleartext beyond loopback.
+        problem = None if not url or ctx.mesh.trust_proxy_tls else cleartext_problem(url, f"settings.{name}")
+        if problem:
+            raise SettingsError([f"services.{ctx.name}.settings.{name}: {problem}"])
     ctx.state["tokens"] = ClientCredentialsTokenSource(
         token_url=s.token_url or f"{ctx.issuer}/oauth2/token", client_id=s.client_id, client_secret=secret,
         scope=s.scope, session=lambda: ctx.http, resource=s.audience,

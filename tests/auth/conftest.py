@@ -6,6 +6,8 @@ shipped services.toml with its demo identities as they are.
 from __future__ import annotations
 
 import base64
+import html
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -50,7 +52,8 @@ def auth_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             {"client_id": "meshrun-cli", "grant_types": ["authorization_code", "refresh_token"],
              "scopes": ["orders.write", "orders.read"], "audiences": ["orders"], "redirect_uris": [CLI_REDIRECT]},
             {"client_id": "reporting", "secret_hash": _FAST[REPORTING_SECRET], "grant_types": ["client_credentials"],
-             "scopes": ["orders.read", "orders.write", "users.notify"], "audiences": ["orders", "users"]},
+             "scopes": ["orders.read", "orders.write", "users.notify"], "audiences": ["orders", "users"],
+             "introspect_audiences": ["orders", "users"]},
             {"client_id": "web-app", "secret_hash": _FAST[WEB_SECRET],
              "grant_types": ["authorization_code", "refresh_token"], "scopes": ["orders.write"],
              "audiences": ["orders"], "redirect_uris": [WEB_REDIRECT]},
@@ -58,6 +61,34 @@ def auth_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+_CSRF = re.compile(r'<input type="hidden" name="csrf_token" value="([^"]*)">')
+
+
+def csrf_token(page: str) -> str:
+    """The CSRF token of a login form, as a browser would send it back."""
+    found = _CSRF.search(page)
+    assert found is not None, page[:500]
+    return html.unescape(found[1])
+
+
+def cookie_jar() -> aiohttp.CookieJar:
+    """A browser's cookie jar: it keeps the sign-in cookie of an IP-address host such as 127.0.0.1."""
+    return aiohttp.CookieJar(unsafe=True)
+
+
+def session_from(address: str) -> aiohttp.ClientSession:
+    """A browser on another machine: its connections leave from `address` (127.0.0.2... are loopback too)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)), cookie_jar=cookie_jar())
+
+
+def authorization_params(client_id: str = "meshrun-cli", redirect_uri: str | None = None,
+                         verifier: str | None = None, state: str = "xyz") -> dict[str, str]:
+    """A valid authorization request (with PKCE) of the public CLI client, to GET and then POST."""
+    return {"response_type": "code", "client_id": client_id,
+            "redirect_uri": redirect_uri or f"http://127.0.0.1:{free_port()}/callback", "state": state,
+            "code_challenge": pkce.s256(verifier or pkce.new_verifier()), "code_challenge_method": "S256"}
 
 
 def distinct_ports(count: int, taken: tuple[int, ...] = ()) -> list[int]:
@@ -145,16 +176,35 @@ class AuthMesh:
         if scope is not None:
             params["scope"] = scope
         params.update(extra or {})
-        async with self.session.get(f"{self.issuer}/oauth2/authorize?{urlencode(params)}",
-                                    allow_redirects=False) as page:
-            assert page.status == 200, await page.text()
-            assert 'name="password"' in await page.text()
-        status, headers, body = await self.post("/oauth2/authorize",
-                                                {**params, "username": username, "password": password})
+        page = await self.login_page(params)
+        status, headers, body = await self.post("/oauth2/authorize", {**params, "username": username,
+                                                                      "password": password,
+                                                                      "csrf_token": csrf_token(page)})
         assert status == 302, body
         location = headers["Location"]
         assert location.startswith(redirect_uri + "?")
         return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+    async def login_page(self, params: dict[str, str], session: aiohttp.ClientSession | None = None) -> str:
+        """GET the login form (which sets the sign-in cookie in the session's jar)."""
+        async with (session or self.session).get(f"{self.issuer}/oauth2/authorize?{urlencode(params)}",
+                                                 allow_redirects=False) as page:
+            text = await page.text()
+            assert page.status == 200, text
+            assert 'name="password"' in text
+            return text
+
+    async def sign_in(self, params: dict[str, str], username: str, password: str, *,
+                      session: aiohttp.ClientSession | None = None, headers: dict[str, str] | None = None,
+                      token: str | None = None) -> tuple[int, Any, str]:
+        """POST the login form as a browser that loaded it (with `token`, or the one of a fresh GET)."""
+        session = session or self.session
+        if token is None:
+            token = csrf_token(await self.login_page(params, session))
+        form = {**params, "username": username, "password": password, "csrf_token": token}
+        async with session.post(f"{self.issuer}/oauth2/authorize", data=form, headers=headers or {},
+                                allow_redirects=False) as response:
+            return response.status, response.headers, await response.text()
 
     async def user_tokens(self, *, client_id: str = "meshrun-cli", secret: str | None = None,
                           username: str = "alice", scope: str | None = None) -> dict[str, Any]:
@@ -184,7 +234,7 @@ StartMesh = Callable[..., Any]
 async def start_mesh(tmp_path: Path) -> AsyncIterator[StartMesh]:
     """start_mesh(**auth setting overrides) -> a running AuthMesh; every mesh is stopped after the test."""
     started: list[Mesh] = []
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(cookie_jar=cookie_jar())
 
     async def start(data: dict[str, Any] | None = None, **overrides: Any) -> AuthMesh:
         config = make_config(data or mesh_data(tmp_path, free_port(), **overrides),

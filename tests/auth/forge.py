@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc.jwk import ECKey, RSAKey
 
 from meshrun.auth.keys import KeyStore, SigningKey
+from meshrun.auth.keys import signing_key as active_key
 
 
 def b64(data: bytes) -> str:
@@ -35,7 +36,9 @@ def claims(issuer: str, **overrides: Any) -> dict[str, Any]:
 
 def signing_key(keys_dir: Path) -> SigningKey:
     """The issuer's current private key, read from its keys dir as an insider (or a test) could."""
-    return KeyStore(keys_dir).load()[-1]
+    key = active_key(KeyStore(keys_dir).load(), time.time())
+    assert key is not None
+    return key
 
 
 def _signed(private_key: Any, header: dict[str, Any], payload: dict[str, Any]) -> str:

@@ -7,7 +7,18 @@ import jwt as pyjwt
 import pytest
 
 from meshrun.auth import pkce
-from tests.auth.conftest import ALICE_PASSWORD, CLI_REDIRECT, WEB_REDIRECT, WEB_SECRET, AuthMesh, Clock, basic
+from tests.auth.conftest import (
+    ALICE_PASSWORD,
+    CLI_REDIRECT,
+    WEB_REDIRECT,
+    WEB_SECRET,
+    AuthMesh,
+    Clock,
+    StartMesh,
+    auth_settings,
+    basic,
+    csrf_token,
+)
 from tests.conftest import free_port
 
 
@@ -56,9 +67,10 @@ async def test_wrong_password_shows_the_form_again_with_an_error(auth: AuthMesh)
     redirect = loopback()
     params = {"response_type": "code", "client_id": "meshrun-cli", "redirect_uri": redirect, "state": "s",
               "code_challenge": pkce.s256(pkce.new_verifier()), "code_challenge_method": "S256"}
+    token = csrf_token(await auth.login_page(params))
     for username, password in (("alice", "wrong"), ("mallory", ALICE_PASSWORD), ("alice", "")):
         status, headers, html = await auth.post("/oauth2/authorize", {**params, "username": username,
-                                                                      "password": password})
+                                                                      "password": password, "csrf_token": token})
         assert status == 200 and "Location" not in headers
         assert "Wrong username or password." in html and 'name="password"' in html
         assert "Traceback" not in html
@@ -162,9 +174,17 @@ async def test_the_code_is_bound_to_its_redirect_uri_and_client(auth: AuthMesh) 
     assert status == 400 and body["error"] == "invalid_grant"
 
 
-async def test_a_confidential_client_authenticates_and_may_skip_pkce(auth: AuthMesh) -> None:
-    answer = await auth.authorize(client_id="web-app", redirect_uri=WEB_REDIRECT)
-    form = {"grant_type": "authorization_code", "code": answer["code"], "redirect_uri": WEB_REDIRECT}
+async def test_a_confidential_client_needs_pkce_too_by_default(auth: AuthMesh) -> None:
+    query = urlencode({"response_type": "code", "client_id": "web-app", "redirect_uri": WEB_REDIRECT, "state": "s"})
+    async with auth.session.get(f"{auth.issuer}/oauth2/authorize?{query}", allow_redirects=False) as page:
+        assert page.status == 302
+        answer = {k: v[0] for k, v in parse_qs(urlsplit(page.headers["Location"]).query).items()}
+    assert answer["error"] == "invalid_request" and "PKCE is required for client 'web-app'" in \
+        answer["error_description"]
+    verifier = pkce.new_verifier()
+    answer = await auth.authorize(client_id="web-app", redirect_uri=WEB_REDIRECT, verifier=verifier)
+    form = {"grant_type": "authorization_code", "code": answer["code"], "redirect_uri": WEB_REDIRECT,
+            "code_verifier": verifier}
     status, _, body = await auth.post("/oauth2/token", {**form, "client_id": "web-app"})
     assert status == 401 and body["error"] == "invalid_client"  # refused before the code was looked at
     status, _, body = await auth.post("/oauth2/token", form, basic("web-app", WEB_SECRET))
@@ -172,7 +192,56 @@ async def test_a_confidential_client_authenticates_and_may_skip_pkce(auth: AuthM
     assert pyjwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == "alice"
 
 
+async def test_a_confidential_client_may_be_let_off_pkce_by_its_settings(start_mesh: StartMesh,
+                                                                        tmp_path: object) -> None:
+    clients = auth_settings(tmp_path)["clients"]  # type: ignore[arg-type]
+    clients[3] = {**clients[3], "require_pkce": False}
+    auth = await start_mesh(clients=clients)
+    answer = await auth.authorize(client_id="web-app", redirect_uri=WEB_REDIRECT)
+    status, _, body = await auth.post("/oauth2/token", {"grant_type": "authorization_code", "code": answer["code"],
+                                                        "redirect_uri": WEB_REDIRECT}, basic("web-app", WEB_SECRET))
+    assert status == 200, body
+
+
 async def test_duplicate_parameters_in_the_authorization_request_are_refused(auth: AuthMesh) -> None:
     query = "response_type=code&client_id=meshrun-cli&client_id=web-app"
     async with auth.session.get(f"{auth.issuer}/oauth2/authorize?{query}", allow_redirects=False) as page:
         assert page.status == 400 and "more than once" in await page.text()
+
+
+CONTROL_CHARACTER_URIS = [
+    "http://127.0.0.1:5555/call\tback", " http://127.0.0.1:5555/callback", "\x00http://127.0.0.1:5555/callback",
+    "http://127.0.0.1:5555/callback\r\nSet-Cookie: x=1", "http://127.0.0.1:5555/callback\n",
+    "http://127.0.0.1:5555/call back", "http://127.0.0.1:5555\\@evil.example/callback",
+    "http://127.0.0.1:5555/callback\x7f", "http://127.0.0.1:5555/caf\u00e9", "http://127.0.0.1:5555/callback%",
+]
+
+
+@pytest.mark.parametrize("redirect_uri", CONTROL_CHARACTER_URIS, ids=repr)
+async def test_a_redirect_uri_with_characters_outside_rfc3986_is_refused_before_matching(
+        auth: AuthMesh, redirect_uri: str) -> None:
+    """urlsplit would forgive each of these and match the registered loopback URI; the raw string would then be
+    the redirect (RFC 9700 §4.1.3)."""
+    valid = loopback()
+    params = {"response_type": "code", "client_id": "meshrun-cli", "redirect_uri": redirect_uri, "state": "s",
+              "code_challenge": pkce.s256(pkce.new_verifier()), "code_challenge_method": "S256"}
+    async with auth.session.get(f"{auth.issuer}/oauth2/authorize?{urlencode(params)}",
+                                allow_redirects=False) as page:
+        assert page.status == 400 and "Location" not in page.headers
+        assert "may not contain" in await page.text()
+    # A form posted with the bad URI (a valid one was shown) issues no code either.
+    token = csrf_token(await auth.login_page({**params, "redirect_uri": valid}))
+    status, headers, html = await auth.post("/oauth2/authorize", {**params, "username": "alice",
+                                                                  "password": ALICE_PASSWORD, "csrf_token": token})
+    assert status == 400 and "Location" not in headers and "may not contain" in html
+
+
+@pytest.mark.parametrize("redirect_uri", ["http://127.0.0.1:05555/callback", "http://127.0.0.1:0/callback",
+                                          "http://127.0.0.1:65536/callback", "http://127.0.0.1:5555/callback/",
+                                          "HTTP://127.0.0.1:5555/callback", "http://127.0.0.1:5555/Callback"])
+async def test_loopback_matching_is_exact_but_for_a_valid_port(auth: AuthMesh, redirect_uri: str) -> None:
+    query = urlencode({"response_type": "code", "client_id": "meshrun-cli", "redirect_uri": redirect_uri,
+                       "code_challenge": pkce.s256(pkce.new_verifier()), "code_challenge_method": "S256"})
+    async with auth.session.get(f"{auth.issuer}/oauth2/authorize?{query}", allow_redirects=False) as page:
+        assert page.status == 400 and "Location" not in page.headers
+        assert "is not registered" in await page.text()

@@ -15,6 +15,7 @@ from meshrun.auth.keys import KeyStore
 from meshrun.config import load_config
 from tests.auth.conftest import ALICE_PASSWORD, NOTIFY_SECRET, AuthMesh, mesh_data
 from tests.conftest import free_port, write_toml
+from tests.polling import eventually
 
 MESHRUN = [sys.executable, "-c", "from meshrun.cli import main; main()"]
 
@@ -83,6 +84,18 @@ async def test_a_wrong_password_fails_with_a_sentence(cli_mesh: tuple[AuthMesh, 
     assert "wrong username or password" in err and "Traceback" not in err
 
 
+async def test_a_throttled_sign_in_says_when_to_try_again(cli_mesh: tuple[AuthMesh, str]) -> None:
+    auth, config = cli_mesh
+    for _ in range(5):
+        code, _, err = await meshrun("token", "--user", "alice", "--password-stdin", "--config", config,
+                                     stdin="wrong\n")
+        assert code == 2 and "wrong username or password" in err
+    code, out, err = await meshrun("token", "--user", "alice", "--password-stdin", "--config", config,
+                                   stdin=ALICE_PASSWORD + "\n")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "sign-in refused for 'alice': Too many failed sign-ins" in err and "Retry-After:" in err
+
+
 async def test_token_without_a_running_issuer_says_so(tmp_path: Path) -> None:
     config = write_toml(tmp_path / "services.toml", mesh_data(tmp_path, free_port()))
     code, _, err = await meshrun("token", "--user", "alice", "--password-stdin", "--config", str(config),
@@ -90,19 +103,44 @@ async def test_token_without_a_running_issuer_says_so(tmp_path: Path) -> None:
     assert code == 2 and "cannot reach the issuer" in err
 
 
-async def test_keys_rotate_and_list(cli_mesh: tuple[AuthMesh, str], tmp_path: Path) -> None:
-    _, config = cli_mesh
+async def test_keys_rotate_publishes_a_key_that_signs_later_and_list_shows_each_state(
+        cli_mesh: tuple[AuthMesh, str], tmp_path: Path) -> None:
+    auth, config = cli_mesh
     (old,) = KeyStore(tmp_path / "keys").load()
     code, out, err = await meshrun("keys", "rotate", "--config", config)
     assert code == 0, err
     new = KeyStore(tmp_path / "keys").load()[-1]
-    assert new.kid != old.kid and new.kid in out
+    assert new.kid != old.kid and new.kid in out and "published now, signs from" in out and "(in 360 s)" in out
     code, out, err = await meshrun("keys", "list", "--config", config)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith(old.kid) and "published until" in lines[0]
-    assert lines[1].startswith(new.kid) and lines[1].endswith("signing")
+    assert lines[0].startswith(old.kid) and lines[0].endswith("active (signing)")
+    assert lines[1].startswith(new.kid) and "published, signs from" in lines[1]
     assert oct((tmp_path / "keys" / f"{new.kid}.key.pem").stat().st_mode & 0o777) == "0o600"
+    token = (await auth.client_token())["access_token"]
+    assert pyjwt.get_unverified_header(token)["kid"] == old.kid, "the new key does not sign yet"
+
+
+async def test_keys_rotate_now_retires_the_old_key_and_its_tokens_are_refused(cli_mesh: tuple[AuthMesh, str],
+                                                                             tmp_path: Path) -> None:
+    auth, config = cli_mesh
+    (old,) = KeyStore(tmp_path / "keys").load()
+    old_token = (await auth.client_token())["access_token"]
+    assert (await auth.call("users-api", "POST", "/notify", old_token))[0] == 200
+    code, out, err = await meshrun("keys", "rotate", "--now", "--config", config)
+    assert code == 0, err
+    assert "signing now" in out and f"retired key {old.kid} at once" in out
+    (new,) = KeyStore(tmp_path / "keys").load()
+
+    async def signs_with_new_key() -> bool:
+        token = (await auth.client_token())["access_token"]
+        return bool(pyjwt.get_unverified_header(token)["kid"] == new.kid)
+
+    await eventually(signs_with_new_key, timeout=5, what="the issuer to sign with the new key")
+    new_token = (await auth.client_token())["access_token"]
+    assert (await auth.call("users-api", "POST", "/notify", new_token))[0] == 200, "an unknown kid is fetched"
+    status, _, body = await auth.call("users-api", "POST", "/notify", old_token)
+    assert status == 401 and "does not contain" in body["error_description"], "the old key is gone"
 
 
 async def test_hash_secret_prints_a_hash_that_matches(tmp_path: Path) -> None:

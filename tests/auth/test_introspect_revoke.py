@@ -75,13 +75,43 @@ async def test_introspection_requires_client_authentication(auth: AuthMesh) -> N
         assert status == 401 and body["error"] == "invalid_client" and "WWW-Authenticate" in headers
 
 
-async def test_revocation_requires_client_authentication_and_ownership(auth: AuthMesh) -> None:
+async def test_revocation_requires_client_authentication(auth: AuthMesh) -> None:
     token = (await auth.client_token())["access_token"]
     status, _, body = await auth.post("/oauth2/revoke", {"token": token})
     assert status == 401 and body["error"] == "invalid_client"
-    status, _, body = await auth.post("/oauth2/revoke", {"token": token}, RESOURCE_SERVER)
-    assert status == 401 and "another client" in body["error_description"]
     assert (await introspect(auth, token))["active"] is True
+
+
+async def test_revoking_another_clients_token_answers_as_for_an_unknown_one_and_changes_nothing(
+        auth: AuthMesh) -> None:
+    machine = (await auth.client_token())["access_token"]
+    login = await auth.user_tokens()
+    for token in (machine, login["access_token"], login["refresh_token"], "not-a-token"):
+        answers = [await auth.post("/oauth2/revoke", {"token": token}, RESOURCE_SERVER),
+                   await auth.post("/oauth2/revoke", {"token": token}, basic("web-app", WEB_SECRET))]
+        assert [(status, body) for status, _, body in answers] == [(200, ""), (200, "")], token
+    status, _, _ = await auth.post("/oauth2/revoke", {"token": machine, "client_id": "meshrun-cli"})
+    assert status == 200, "a public client, too, is answered as for an unknown token"
+    assert (await introspect(auth, machine))["active"] is True
+    assert (await introspect(auth, login["access_token"]))["active"] is True
+    status, _, body = await auth.post("/oauth2/token", {"grant_type": "refresh_token", "client_id": "meshrun-cli",
+                                                        "refresh_token": login["refresh_token"]})
+    assert status == 200, "the refresh token was not revoked by another client"
+
+
+async def test_a_client_introspects_only_tokens_it_may_see(auth: AuthMesh) -> None:
+    """RFC 7662 §4: its own tokens, and tokens for the audiences it speaks for; others look inactive."""
+    machine = (await auth.client_token())["access_token"]  # notification-service's, audience users
+    user = (await auth.user_tokens(client_id="web-app", secret=WEB_SECRET))["access_token"]  # audience orders
+    as_web_app = basic("web-app", WEB_SECRET)  # speaks for no resource server
+    status, _, info = await auth.post("/oauth2/introspect", {"token": machine}, as_web_app)
+    assert status == 200 and info == {"active": False}, "another client's token, for another audience"
+    status, _, info = await auth.post("/oauth2/introspect", {"token": user}, as_web_app)
+    assert status == 200 and info["active"] is True and info["client_id"] == "web-app", "its own token"
+    status, _, info = await auth.post("/oauth2/introspect", {"token": user}, basic("notification-service",
+                                                                                   NOTIFY_SECRET))
+    assert info == {"active": False}
+    assert (await introspect(auth, machine))["active"] is True, "reporting speaks for users and orders"
 
 
 async def test_introspection_without_a_token_is_invalid_request(auth: AuthMesh) -> None:

@@ -16,6 +16,7 @@ from meshrun.auth.keys import KeyStore
 from tests.auth.conftest import NOTIFY_SECRET, basic, distinct_ports, mesh_data
 from tests.auth.test_cli import meshrun
 from tests.conftest import write_toml
+from tests.polling import eventually
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
@@ -43,7 +44,7 @@ async def machine_token(session: aiohttp.ClientSession, url: str) -> str:
 async def test_two_issuer_processes_sharing_keys_issue_tokens_every_resource_server_accepts(
         start_mesh: Any, tmp_path: Path) -> None:
     port_a, port_b = distinct_ports(2)
-    data = mesh_data(tmp_path, port_a)
+    data = mesh_data(tmp_path, port_a, jwks_max_age=1, key_activation_delay=1)  # a rotated key signs after 1 s
     # Process B: the same issuer identity (as behind one load balancer), its own port, the same keys dir.
     other = copy.deepcopy(data)
     other["services"] = {"auth": {**other["services"]["auth"], "port": port_b}}
@@ -65,12 +66,13 @@ async def test_two_issuer_processes_sharing_keys_issue_tokens_every_resource_ser
         code, _, err = await meshrun("keys", "rotate", "--config", str(tmp_path / "services.toml"))
         assert code == 0, err
         new_kid = KeyStore(tmp_path / "keys").load()[-1].kid
-        for _ in range(200):  # B notices the new key on disk within its check interval
-            rotated = await machine_token(auth.session, url_b)
-            if pyjwt.get_unverified_header(rotated)["kid"] == new_kid:
-                break
-            await asyncio.sleep(0.02)
-        assert pyjwt.get_unverified_header(rotated)["kid"] == new_kid
+
+        async def signed_with_the_new_key() -> str | None:
+            # B notices the new key on disk within its check interval and signs with it once it activates.
+            token = await machine_token(auth.session, url_b)
+            return token if pyjwt.get_unverified_header(token)["kid"] == new_kid else None
+
+        rotated = await eventually(signed_with_the_new_key, timeout=10, what="process B to sign with the new key")
         # The resource server fetches its keys from A, which B never talked to.
         assert (await auth.call("users-api", "POST", "/notify", rotated))[0] == 200
         assert (await auth.call("users-api", "POST", "/notify", from_b))[0] == 200

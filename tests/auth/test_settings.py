@@ -15,6 +15,7 @@ from tests.auth.conftest import basic, distinct_ports
 from tests.conftest import ROOT, make_config
 
 PATH = "services.auth.settings"
+CLI = "http://127.0.0.1/callback"
 GOOD_HASH = "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$" + "A" * 43
 
 
@@ -49,6 +50,18 @@ def client(**fields: Any) -> dict[str, Any]:
     ({"signing_alg": "HS256"}, f"{PATH}.signing_alg: 'HS256' is not one of ES256, RS256"),
     ({"access_token_ttl": 0}, f"{PATH}.access_token_ttl: must be a positive number of seconds"),
     ({"colour": "blue"}, f"{PATH}.colour: unknown key"),
+    ({"clients": [client(secret_hash=None, client_secret="s")]}, f"{PATH}.clients[0].client_secret: plaintext"),
+    ({"clients": [client(secret_hash=None, grant_types=["authorization_code"], redirect_uris=[CLI],
+                         require_pkce=False)]}, f"{PATH}.clients[0].require_pkce: a public client always needs PKCE"),
+    ({"clients": [client(secret_hash=None, grant_types=["authorization_code"], redirect_uris=[CLI],
+                         introspect_audiences=["x"])]}, f"{PATH}.clients[0].introspect_audiences: introspection"),
+    ({"clients": [client(grant_types=["authorization_code"], redirect_uris=["http://127.0.0.1/cb\tx"])]},
+     f"{PATH}.clients[0].redirect_uris: 'http://127.0.0.1/cb\\tx': contains '\\t'"),
+    ({"jwks_max_age": 300, "key_activation_delay": 60}, f"{PATH}.key_activation_delay: 60 is shorter than"),
+    ({"trusted_proxies": ["10.0.0.0/8", "proxy.example"]}, f"{PATH}.trusted_proxies: 'proxy.example' is not"),
+    ({"users": [{"username": "a", "password_hash": GOOD_HASH},
+                {"username": "b", "password_hash": GOOD_HASH.replace("ln=10", "ln=17")}]},
+     f"{PATH}: users' password hashes have different scrypt costs (ln=10,r=8,p=1 for a; ln=17,r=8,p=1 for b)"),
 ])
 def test_each_problem_names_its_key(table: dict[str, Any], expected: str) -> None:
     found = problems(table)
@@ -74,15 +87,21 @@ def test_the_shipped_demo_identities_are_hashed_and_documented() -> None:
     assert alice.password_hash.matches("alice-password")
     clients = {c.client_id: c for c in settings.clients}
     notify = clients["notification-service"]
-    assert notify.secret_hash is not None and notify.secret_hash.matches("notification-secret")
+    assert notify.secret_hash is None and notify.secret_env == "MESHRUN_NOTIFICATION_SECRET", \
+        "the client secret comes from the environment"
     assert notify.grant_types == {"client_credentials"} and notify.scopes == {"users.notify"}
+    notification = data["services"]["notification"]["settings"]
+    assert "client_secret" not in notification
+    assert notification["client_secret_env"] == "MESHRUN_NOTIFICATION_SECRET"
     cli = clients["meshrun-cli"]
     assert not cli.confidential and cli.redirect_uris == ("http://127.0.0.1/callback",)
     assert cli.grant_types == {"authorization_code", "refresh_token"} and cli.scopes == {"orders.write"}
     text = (ROOT / "services.toml").read_text()
     assert "alice-password\"" not in text.replace("# demo: alice-password", "")
+    assert "notification-secret" not in text
     docs = (ROOT / "docs" / "auth.md").read_text()
     assert "alice-password" in docs and "notification-secret" in docs and "demo" in docs.lower()
+    assert "MESHRUN_NOTIFICATION_SECRET:-notification-secret" in (ROOT / "scripts" / "_demo_env.sh").read_text()
 
 
 async def test_the_shipped_configuration_serves_its_demo_identities(start_mesh: Any, tmp_path: Path) -> None:
@@ -103,6 +122,17 @@ async def test_the_shipped_configuration_serves_its_demo_identities(start_mesh: 
     status, _, _ = await running.call("orders-api", "POST", "/orders", user["access_token"])
     assert status == 201
     assert make_config(shipped).services["auth"].settings["keys_dir"] == str(tmp_path / "keys")
+
+
+def test_the_activation_delay_defaults_to_the_jwks_max_age_plus_a_margin() -> None:
+    assert parse_settings({}, PATH).key_activation_delay == 300 + 60
+    assert parse_settings({"jwks_max_age": 60}, PATH).key_activation_delay == 60 + 60
+
+
+async def test_unknown_user_names_are_checked_against_a_decoy_of_the_users_cost(start_mesh: Any) -> None:
+    """A login with an unknown name costs as long as one with a wrong password: same scrypt cost."""
+    auth = await start_mesh()
+    assert auth.server.decoy.cost == (10, 8, 1) == auth.server.users["alice"].password_hash.cost
 
 
 def test_hashes_round_trip() -> None:

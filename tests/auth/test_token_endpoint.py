@@ -123,10 +123,10 @@ async def test_a_secret_is_hashed_once_then_served_from_the_verified_credentials
     calls = 0
     original = checker.matches
 
-    async def counting(hashed, secret):  # type: ignore[no-untyped-def]
+    async def counting(hashed, secret, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
-        return await original(hashed, secret)
+        return await original(hashed, secret, **kwargs)
 
     checker.matches = counting  # type: ignore[method-assign]
     auth.server.authenticator.verified._entries.clear()

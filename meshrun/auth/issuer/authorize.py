@@ -10,9 +10,9 @@ from urllib.parse import urlencode
 
 from meshrun.auth import pkce
 from meshrun.auth.claims import format_scope
-from meshrun.auth.issuer.clients import redirect_uri_matches
 from meshrun.auth.issuer.errors import OAuthError
 from meshrun.auth.issuer.params import Params
+from meshrun.auth.issuer.redirect_uris import character_problem, redirect_uri_matches
 from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
 from meshrun.auth.issuer.settings import Client
 
@@ -82,6 +82,8 @@ def parse_authorization_request(params: Params, clients: dict[str, Client], issu
             raise NotRedirectable("the request has no redirect_uri (required unless the client has exactly one "
                                   "fixed redirect URI).")
         redirect_uri = only
+    elif problem := character_problem(given):  # before matching: the raw string is what a redirect would use
+        raise NotRedirectable(f"redirect_uri {given!r} {problem}.")
     elif not redirect_uri_matches(client.redirect_uris, given):
         raise NotRedirectable(f"redirect_uri {given!r} is not registered for client {client_id!r}.")
     else:
@@ -104,9 +106,9 @@ def parse_authorization_request(params: Params, clients: dict[str, Client], issu
     if challenge is None:
         if method is not None:
             raise refuse("invalid_request", "code_challenge_method without code_challenge")
-        if not client.confidential:
-            raise refuse("invalid_request", "PKCE is required for public clients: send code_challenge and "
-                                            "code_challenge_method=S256")
+        if client.require_pkce or not client.confidential:
+            raise refuse("invalid_request", f"PKCE is required for client {client_id!r}: send code_challenge and "
+                                            "code_challenge_method=S256 (RFC 9700 §2.1.1)")
     elif method != "S256":
         raise refuse("invalid_request", "code_challenge_method must be S256 (plain is not accepted)")
     elif not pkce.is_challenge(challenge):

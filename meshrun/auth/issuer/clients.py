@@ -1,6 +1,7 @@
-"""Client authentication at the token, introspection and revocation endpoints (RFC 6749 §2.3), and redirect URIs.
+"""Client authentication at the token, introspection and revocation endpoints (RFC 6749 §2.3).
 
-`client_secret_basic`, `client_secret_post`, and public clients (`none`, client_id only) where allowed.
+`client_secret_basic`, `client_secret_post`, and public clients (`none`, client_id only) where allowed. Failed
+authentications are throttled per client id and address; credentials verified recently skip both hash and throttle.
 """
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 import time
 from collections.abc import Callable
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
 from meshrun.auth.hashing import SecretChecker, SecretHash
 from meshrun.auth.issuer.errors import invalid_client, invalid_request
 from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.settings import Client
+from meshrun.auth.issuer.throttle import Throttle
 
-_LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|\[::1\])(:\d{1,5})?")
 _FAILED = "client authentication failed: unknown client_id or wrong client_secret"
 
 
@@ -28,10 +28,12 @@ class VerifiedCredentials:
     """Client credentials that passed the slow hash recently, so a busy client is not re-hashed per request.
 
     Keyed by HMAC-SHA256(per-process random key, client_id NUL secret): the plaintext secret is never kept, and
-    the keys are useless outside this process. Entries live `ttl` seconds; only successes are remembered.
+    the keys are useless outside this process. Entries live `ttl` seconds; only successes are remembered. An hour:
+    secrets change only with a restart, which forgets them, and a client that refreshes its token every few
+    minutes then never meets the throttle that an attacker at its address may have set off.
     """
 
-    def __init__(self, ttl: float = 60.0, max_entries: int = 4096,
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 4096,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
@@ -58,17 +60,22 @@ class VerifiedCredentials:
 class ClientAuthenticator:
     """Finds out which registered client sent a request, checking its secret when it is a confidential one."""
 
-    def __init__(self, clients: dict[str, Client], checker: SecretChecker,
+    def __init__(self, clients: dict[str, Client], checker: SecretChecker, throttle: Throttle,
                  verified: VerifiedCredentials | None = None) -> None:
         self.clients = clients
         self.checker = checker
+        self.throttle = throttle
         self.verified = verified or VerifiedCredentials()
         self._checking: dict[bytes, asyncio.Future[bool]] = {}
 
-    async def authenticate(self, authorization: str | None, params: Params, *, allow_public: bool = True) -> Client:
+    async def authenticate(self, authorization: str | None, params: Params, *, address: str,
+                           allow_public: bool = True) -> Client:
+        """The client that sent the request; raises OAuthError (invalid_client...), Throttled or HashQueueFull."""
         client_id, secret = _credentials(authorization, params)
         client = self.clients.get(client_id)
         if client is None:
+            # No hash to spend, but counted: probing for client ids from one address is throttled too.
+            await (await self.throttle.admit(client_id, address)).failed()
             raise invalid_client(_FAILED)
         if secret is None:
             if client.confidential:
@@ -80,22 +87,35 @@ class ClientAuthenticator:
         hashed = client.secret_hash
         if hashed is None:
             raise invalid_client(f"client {client_id!r} is public: it has no secret; send only client_id")
-        if not await self._secret_matches(client_id, secret, hashed):
+        if not await self._secret_matches(client_id, secret, hashed, address):
             raise invalid_client(_FAILED)
         return client
 
-    async def _secret_matches(self, client_id: str, secret: str, hashed: SecretHash) -> bool:
+    async def _secret_matches(self, client_id: str, secret: str, hashed: SecretHash, address: str) -> bool:
         fingerprint = self.verified.fingerprint(client_id, secret)
         if fingerprint in self.verified:
-            return True
+            return True  # known good: costs no hash, and an attacker next door must not lock the client out
         pending = self._checking.get(fingerprint)
-        if pending is None:  # many concurrent requests with the same credentials hash them once
-            pending = asyncio.ensure_future(self.checker.matches(hashed, secret))
+        if pending is None:  # many concurrent requests with the same credentials hash them once, counted once
+            pending = asyncio.ensure_future(self._check(client_id, secret, hashed, address))
             self._checking[fingerprint] = pending
             pending.add_done_callback(lambda _: self._checking.pop(fingerprint, None))
         matched = await asyncio.shield(pending)
         if matched:
             self.verified.add(fingerprint)
+        return matched
+
+    async def _check(self, client_id: str, secret: str, hashed: SecretHash, address: str) -> bool:
+        attempt = await self.throttle.admit(client_id, address)
+        try:
+            matched = await self.checker.matches(hashed, secret, suspect=attempt.suspect)
+        except BaseException:
+            attempt.abandoned()
+            raise
+        if matched:
+            await attempt.succeeded()
+        else:
+            await attempt.failed()
         return matched
 
 
@@ -125,22 +145,3 @@ def _credentials(authorization: str | None, params: Params) -> tuple[str, str | 
         raise invalid_client("no client authentication: send HTTP Basic credentials, or client_id (and "
                              "client_secret for a confidential client)")
     return form_id, form_secret
-
-
-def redirect_uri_matches(registered: tuple[str, ...], given: str) -> bool:
-    """Exact string match (RFC 6749 §3.1.2.3), except that a loopback IP redirect may use any port (RFC 8252 §7.3)."""
-    if given in registered:
-        return True
-    try:
-        parts = urlsplit(given)
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        return False
-    if parts.scheme != "http" or parts.fragment or not _LOOPBACK_NETLOC.fullmatch(parts.netloc):
-        return False
-    for uri in registered:
-        reg = urlsplit(uri)
-        if (reg.scheme == "http" and reg.hostname == parts.hostname and reg.path == parts.path
-                and reg.query == parts.query and _LOOPBACK_NETLOC.fullmatch(reg.netloc)):
-            return True
-    return False

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from meshrun.auth import pkce
 from meshrun.auth.claims import format_scope
-from meshrun.auth.issuer.clients import redirect_uri_matches
 from meshrun.auth.issuer.codes import CodeReplayed
 from meshrun.auth.issuer.errors import invalid_grant, invalid_request, unauthorized_client, unsupported_grant_type
 from meshrun.auth.issuer.params import Params
+from meshrun.auth.issuer.redirect_uris import character_problem, redirect_uri_matches
 from meshrun.auth.issuer.refresh import RefreshReplayed
 from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
 from meshrun.auth.issuer.settings import GRANT_TYPES, REFUSED_GRANTS, Client
@@ -68,8 +68,8 @@ def authorization_code(server: AuthorizationServer, client: Client, params: Para
     redirect_uri = params.get("redirect_uri")
     if code.redirect_uri is not None and redirect_uri != code.redirect_uri:
         raise invalid_grant("redirect_uri must be identical to the one of the authorization request")
-    if code.redirect_uri is None and redirect_uri is not None and \
-            not redirect_uri_matches(client.redirect_uris, redirect_uri):
+    if code.redirect_uri is None and redirect_uri is not None and (
+            character_problem(redirect_uri) or not redirect_uri_matches(client.redirect_uris, redirect_uri)):
         raise invalid_grant("redirect_uri is not registered for this client")
     verifier = params.get("code_verifier")
     if code.code_challenge is not None:

@@ -24,9 +24,21 @@ def _page(title: str, body: str) -> str:
             f"<body>{body}</body></html>")
 
 
-def login_form(action: str, hidden: list[tuple[str, str]], client_id: str, scopes: list[str],
+CSRF_FIELD = "csrf_token"
+
+
+def in_words(seconds: int) -> str:
+    """A wait as people say it: "45 seconds", "3 minutes"."""
+    if seconds < 90:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minutes"
+
+
+def login_form(action: str, hidden: list[tuple[str, str]], client_id: str, scopes: list[str], csrf_token: str,
                error: str | None = None, username: str = "") -> str:
-    fields = "".join(f'<input type="hidden" name="{escape(n)}" value="{escape(v)}">' for n, v in hidden)
+    fields = "".join(f'<input type="hidden" name="{escape(n)}" value="{escape(v)}">'
+                     for n, v in [*hidden, (CSRF_FIELD, csrf_token)])
     asked = ", ".join(escape(s) for s in scopes) or "no particular permission"
     problem = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     return _page("Sign in", (

@@ -9,29 +9,46 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from meshrun.auth.claims import Claims
 from meshrun.auth.hashing import SecretChecker, SecretHash, decoy
 from meshrun.auth.issuer.authorize import AuthorizationRequest, parse_authorization_request
 from meshrun.auth.issuer.clients import ClientAuthenticator
 from meshrun.auth.issuer.codes import AuthorizationCode, AuthorizationCodes
-from meshrun.auth.issuer.errors import invalid_client
+from meshrun.auth.issuer.csrf import LoginCsrf
+from meshrun.auth.issuer.failures import MemoryFailureStore
 from meshrun.auth.issuer.grants import grant
 from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.refresh import RefreshFamily, RefreshTokens
-from meshrun.auth.issuer.settings import GRANT_TYPES, AuthSettings, with_identities_file
+from meshrun.auth.issuer.settings import GRANT_TYPES, AuthSettings, Client, with_identities_file
+from meshrun.auth.issuer.throttle import Throttle
 from meshrun.auth.issuer.tokens import AccessTokens
 from meshrun.auth.keys import RETENTION_MARGIN, KeyRing, KeyStore
 from meshrun.errors import SettingsError
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """How a sign-in went: the redirect carrying a new code, or None for a wrong user name or password, with the
+    seconds this name must then wait before it is tried again from this address (0: it need not)."""
+
+    location: str | None
+    wait: int = 0
+
+
+def can_see(client: Client, claims: Claims) -> bool:
+    """RFC 7662 §4: a client may introspect its own tokens, and those of the resource servers it speaks for."""
+    return claims.client_id == client.client_id or not set(claims.aud).isdisjoint(client.introspect_audiences)
 
 
 class AuthorizationServer:
     """Clients, users, keys, codes and refresh-token families of one issuer process."""
 
     def __init__(self, issuer: str, settings: AuthSettings, keys: KeyRing, checker: SecretChecker, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 csrf_secret: bytes, clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer.rstrip("/")
         self.settings = settings
         self.keys = keys
@@ -39,7 +56,13 @@ class AuthorizationServer:
         self.clock = clock
         self.clients = {c.client_id: c for c in settings.clients}
         self.users = {u.username: u for u in settings.users}
-        self.authenticator = ClientAuthenticator(self.clients, checker)
+        # An unknown name is checked against a hash as slow as the real users' (the settings allow one cost).
+        self.decoy = decoy(settings.users[0].password_hash.cost) if settings.users else decoy()
+        failures = MemoryFailureStore(settings.throttle.forget_after)
+        self.login_throttle = Throttle(failures, settings.throttle, "login", clock=lambda: self.clock())
+        self.client_throttle = Throttle(failures, settings.throttle, "client", clock=lambda: self.clock())
+        self.authenticator = ClientAuthenticator(self.clients, checker, self.client_throttle)
+        self.csrf = LoginCsrf(csrf_secret, secure=self.issuer.startswith("https://"))
         self.codes = AuthorizationCodes(settings.authorization_code_ttl)
         self.refresh = RefreshTokens(settings.refresh_token_ttl)
         self.tokens = AccessTokens(self.issuer, keys, settings.access_token_ttl, clock=lambda: self.clock())
@@ -50,57 +73,71 @@ class AuthorizationServer:
         """Read the identities file, load (or on first start create) the keys, hash secrets given by environment
         variables: the slow parts run in threads, off the event loop."""
         settings = with_identities_file(settings, base_dir)
-        keys = KeyRing(KeyStore(base_dir / settings.keys_dir), settings.access_token_ttl + RETENTION_MARGIN)
+        store = KeyStore(base_dir / settings.keys_dir)
+        keys = KeyRing(store, settings.access_token_ttl + RETENTION_MARGIN)
         await asyncio.to_thread(keys.load, settings.signing_alg)
-        checker = SecretChecker()
+        csrf_secret = await asyncio.to_thread(store.shared_secret, "csrf")
+        checker = SecretChecker(max_pending=settings.throttle.hash_queue)
         hashes: dict[str, SecretHash] = {}
         for client in settings.clients:
-            from_env = os.environ.get(client.secret_env) if client.secret_env else None
-            if from_env:  # the environment wins over the file: that is how a deployment replaces a demo secret
-                hashes[client.client_id] = await checker.hash(from_env)
+            secret = _given_secret(client, base_dir)
+            if secret is not None:  # hashed at once; the plaintext goes out of scope here
+                hashes[client.client_id] = await checker.hash(secret)
             elif client.secret_hash is not None:
                 hashes[client.client_id] = client.secret_hash
             elif client.confidential:  # never let a confidential client turn public for want of its secret
                 problem = (f"client {client.client_id!r}: environment variable {client.secret_env} is empty and "
-                           "there is no secret_hash")
+                           "there is no secret_file or secret_hash")
                 raise SettingsError([problem])
-        settings = replace(settings, clients=tuple(replace(c, secret_env=None, secret_hash=hashes.get(c.client_id))
+        settings = replace(settings, clients=tuple(replace(c, secret_env=None, secret_file=None,
+                                                           secret_hash=hashes.get(c.client_id))
                                                    for c in settings.clients))
-        return cls(issuer, settings, keys, checker, clock=clock)
+        return cls(issuer, settings, keys, checker, csrf_secret=csrf_secret, clock=clock)
 
     def close(self) -> None:
         self.checker.close()
 
     # -- token endpoint (RFC 6749 §3.2) ------------------------------------------------------------------------
-    async def token(self, params: Params, authorization: str | None) -> dict[str, Any]:
-        client = await self.authenticator.authenticate(authorization, params)
+    async def token(self, params: Params, authorization: str | None, address: str) -> dict[str, Any]:
+        client = await self.authenticator.authenticate(authorization, params, address=address)
         return await grant(self, client, params)
 
     # -- authorization endpoint (RFC 6749 §3.1) ----------------------------------------------------------------
     def authorization_request(self, params: Params) -> AuthorizationRequest:
         return parse_authorization_request(params, self.clients, self.issuer)
 
-    async def login(self, request: AuthorizationRequest, username: str, password: str) -> str | None:
-        """The redirect carrying a new code if the password is right, else None. Same cost for unknown users."""
+    async def login(self, request: AuthorizationRequest, username: str, password: str, address: str
+                    ) -> LoginResult:
+        """Check the password (same cost for unknown users) unless this name or address must wait first.
+        Raises Throttled (429) or HashQueueFull (503) without checking anything."""
+        attempt = await self.login_throttle.admit(username, address)
         user = self.users.get(username)
-        matched = await self.checker.matches(user.password_hash if user else decoy(), password)
+        try:
+            matched = await self.checker.matches(user.password_hash if user else self.decoy, password,
+                                                 suspect=attempt.suspect)
+        except BaseException:
+            attempt.abandoned()
+            raise
         if user is None or not matched:
-            return None
+            return LoginResult(None, await attempt.failed())
+        await attempt.succeeded()
         now = self.clock()
         code = self.codes.issue(AuthorizationCode(
             client_id=request.client.client_id, redirect_uri=request.redirect_uri if request.redirect_uri_given
             else None, username=user.username, scope=request.scope, audiences=request.audiences,
             code_challenge=request.code_challenge, auth_time=int(now),
             expires_at=now + self.settings.authorization_code_ttl))
-        return request.success(code, self.issuer)
+        return LoginResult(request.success(code, self.issuer))
 
     # -- introspection (RFC 7662) and revocation (RFC 7009) ----------------------------------------------------
-    async def introspect(self, params: Params, authorization: str | None) -> dict[str, Any]:
-        client = await self.authenticator.authenticate(authorization, params, allow_public=False)
+    async def introspect(self, params: Params, authorization: str | None, address: str) -> dict[str, Any]:
+        """RFC 7662. Tokens the caller may not see (another client's, for another audience) are `active: false`,
+        as unknown ones: introspection must not tell a client which strings are live tokens (§4)."""
+        client = await self.authenticator.authenticate(authorization, params, address=address, allow_public=False)
         token = params.require("token")
         order = ("refresh", "access") if params.get("token_type_hint") == "refresh_token" else ("access", "refresh")
         for kind in order:
-            if kind == "access" and (claims := self.tokens.check(token)) is not None:
+            if kind == "access" and (claims := self.tokens.check(token)) is not None and can_see(client, claims):
                 body = {"active": True, "token_type": "Bearer", **claims.raw}
                 if "auth_time" in claims.raw:
                     body["username"] = claims.sub
@@ -113,23 +150,20 @@ class AuthorizationServer:
                         "iat": family.auth_time}
         return {"active": False}
 
-    async def revoke(self, params: Params, authorization: str | None) -> None:
+    async def revoke(self, params: Params, authorization: str | None, address: str) -> None:
         """Revoke an access token (remembered until it expires) or a refresh token (its whole family).
-        Unknown tokens are not an error (RFC 7009 §2.2); another client's token is."""
-        client = await self.authenticator.authenticate(authorization, params)
+        Unknown tokens are not an error (RFC 7009 §2.2); another client's token is answered the same, and left
+        alone: a different answer would tell the caller which strings are live tokens."""
+        client = await self.authenticator.authenticate(authorization, params, address=address)
         token = params.require("token")
         now = self.clock()
         claims = self.tokens.signed_by_us(token)
         if claims is not None:
-            if claims.client_id != client.client_id:
-                raise invalid_client("the token was issued to another client; a client may only revoke its own")
-            self.tokens.revoke(claims.jti, claims.exp, now)
+            if claims.client_id == client.client_id:
+                self.tokens.revoke(claims.jti, claims.exp, now)
             return
         family = self.refresh.find(token)
-        if family is not None:
-            if family.client_id != client.client_id:
-                raise invalid_client("the token was issued to another client; a client may only revoke its own")
-            family.revoked = True
+        if family is not None and family.client_id == client.client_id:
             self.revoke_family(family, now)
 
     def revoke_family(self, family: RefreshFamily, now: float) -> None:
@@ -145,6 +179,11 @@ class AuthorizationServer:
             self.revoke_family(family, now)
 
     # -- discovery -------------------------------------------------------------------------------------------
+    def jwks_headers(self) -> dict[str, str]:
+        """Resource servers refetch the JWKS after this max-age: a rotated-in key is published longer than that
+        before it signs (`key_activation_delay`)."""
+        return {"Cache-Control": f"public, max-age={self.settings.jwks_max_age}"}
+
     def jwks(self) -> dict[str, Any]:
         return self.keys.jwks(self.clock())
 
@@ -170,3 +209,20 @@ class AuthorizationServer:
             "authorization_response_iss_parameter_supported": True,
             "subject_types_supported": ["public"],
         }
+
+
+def _given_secret(client: Client, base_dir: Path) -> str | None:
+    """A client's secret from its environment variable, else from its file (relative to services.toml's
+    directory; the first line, without its line break), else None. The environment wins over the file."""
+    if client.secret_env and os.environ.get(client.secret_env):
+        return os.environ[client.secret_env]
+    if client.secret_file is None:
+        return None
+    path = base_dir / client.secret_file
+    try:
+        secret = path.read_text("utf-8").splitlines()[0] if path.stat().st_size else ""
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise SettingsError([f"client {client.client_id!r}: secret_file {path}: cannot read it ({exc})"]) from None
+    if not secret:
+        raise SettingsError([f"client {client.client_id!r}: secret_file {path} is empty"])
+    return secret

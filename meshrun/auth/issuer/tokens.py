@@ -54,7 +54,7 @@ class AccessTokens:
             claims["scope"] = format_scope(scope)
         if auth_time is not None:
             claims["auth_time"] = auth_time
-        token = self.keys.signing_key().sign({"typ": "at+jwt"}, claims)
+        token = self.keys.signing_key(now).sign({"typ": "at+jwt"}, claims)
         return IssuedToken(token, jti, iat + self.ttl, scope)
 
     def check(self, token: str) -> Claims | None:
