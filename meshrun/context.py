@@ -12,6 +12,7 @@ import aiohttp
 from meshrun.config import MeshConfig, ServiceConfig
 from meshrun.errors import TransportStateError
 from meshrun.events import Event, encode, transport_headers
+from meshrun.service_state import ServiceState
 from meshrun.transport.base import Headers, Record, RecordMetadata, Transport
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class ServiceContext:
         self.settings = settings
         self.log = log
         self.transport = transport
-        self.state: dict[str, Any] = {}
+        self.state = ServiceState()  # what the service keeps between calls, by typed StateKey
         self.guard: BearerGuard | None = None
         self._http: aiohttp.ClientSession | None = None
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from meshrun import EventContext, Service, ServiceContext
 from meshrun.events import Event, register
 from meshrun.http.server import json_response
+from meshrun.service_state import StateKey
 
 
 @register
@@ -22,6 +23,7 @@ class Greeted(Event):
 
 
 service = Service("greeter")
+GREETED = StateKey("greeted", list[str])  # typed state: ctx.state[GREETED] is a list[str] to mypy
 service.publisher("greetings")
 
 
@@ -35,10 +37,10 @@ async def greet(request: web.Request, ctx: ServiceContext) -> web.Response:
 
 @service.subscribe("greetings", event=Greeted)
 async def on_greeted(event: Greeted, ctx: EventContext) -> None:
-    ctx.service.state.setdefault("greeted", []).append(event.name)
+    ctx.service.state.setdefault_with(GREETED, list).append(event.name)
     ctx.log.info("greeting_received", name=event.name)
 
 
 @service.route("GET", "/greeted")
 async def greeted(request: web.Request, ctx: ServiceContext) -> web.Response:
-    return json_response({"greeted": ctx.state.get("greeted", [])})
+    return json_response({"greeted": ctx.state.get(GREETED, [])})

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from meshrun import BatchContext, Service, ServiceContext
 from meshrun.http.server import json_response
+from meshrun.service_state import StateKey
 from meshrun.services.events import ORDER_EVENTS, OrderPlaced
 
 
@@ -28,16 +29,17 @@ class OrderFigures:
 
 
 service = Service("analytics")
+FIGURES = StateKey("figures", OrderFigures)
 
 
 @service.startup
 async def create_figures(ctx: ServiceContext) -> None:
-    ctx.state["figures"] = OrderFigures()
+    ctx.state[FIGURES] = OrderFigures()
 
 
 @service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
 async def count_orders(orders: list[OrderPlaced], ctx: BatchContext) -> None:
-    figures: OrderFigures = ctx.service.state["figures"]
+    figures = ctx.service.state[FIGURES]
     for i, order in enumerate(orders):
         figures.add(order)
         ctx.log_for(i).info("order_counted", order_id=order.order_id, orders=figures.orders)
@@ -45,5 +47,5 @@ async def count_orders(orders: list[OrderPlaced], ctx: BatchContext) -> None:
 
 @service.route("GET", "/analytics")
 async def get_figures(request: web.Request, ctx: ServiceContext) -> web.Response:
-    figures: OrderFigures = ctx.state["figures"]
+    figures = ctx.state[FIGURES]
     return json_response({"orders": figures.orders, "items": figures.items, "revenue_minor": figures.revenue})

@@ -10,7 +10,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from meshrun import BatchContext, Service
-from meshrun.services.events import INVOICE_EVENTS, ORDER_EVENTS, InvoiceIssued, InvoiceLine, OrderPlaced
+from meshrun.service_state import StateKey
+from meshrun.services.events import (
+    INVOICE_EVENTS,
+    ORDER_EVENTS,
+    InvoiceIssued,
+    InvoiceLine,
+    OrderPlaced,
+)
 from meshrun.settings import settings_from
 
 # Fixed namespace: the same order id gives the same invoice id in every process, on every redelivery.
@@ -53,13 +60,15 @@ def compute_invoice(order: OrderPlaced, tax_rate_bp: int = 0) -> InvoiceIssued:
 
 
 service = Service("billing", settings=settings_from(BillingSettings))
+# Order ids invoiced lately, with the event that placed each: a repost (another event, same order) is skipped.
+INVOICED = StateKey("invoiced", OrderedDict[str, str])
 service.publisher(INVOICE_EVENTS)
 
 
 @service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
 async def on_orders_placed(orders: list[OrderPlaced], ctx: BatchContext) -> None:
     settings: BillingSettings = ctx.service.settings
-    seen: OrderedDict[str, str] = ctx.service.state.setdefault("invoiced", OrderedDict())
+    seen = ctx.service.state.setdefault_with(INVOICED, OrderedDict)
     for i, order in enumerate(orders):
         log = ctx.log_for(i)
         if order.order_id in seen and seen[order.order_id] != order.event_id:

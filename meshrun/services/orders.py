@@ -19,6 +19,7 @@ from aiohttp import web
 from meshrun import Service, ServiceContext
 from meshrun.errors import TransportUnavailable
 from meshrun.http.server import CLAIMS, json_error, json_response
+from meshrun.service_state import StateKey
 from meshrun.services.events import ORDER_EVENTS, LineItem, OrderPlaced
 from meshrun.settings import settings_from
 
@@ -153,9 +154,12 @@ def _fingerprint(body: bytes, customer: str) -> bytes:
     return hashlib.blake2b(customer.encode() + b"\0" + body.strip(), digest_size=16).digest()
 
 
+LEDGER = StateKey("ledger", OrderLedger)
+
+
 @service.startup
 async def create_ledger(ctx: ServiceContext) -> None:
-    ctx.state["ledger"] = OrderLedger(ctx.settings.remember_orders)
+    ctx.state[LEDGER] = OrderLedger(ctx.settings.remember_orders)
 
 
 def _unavailable(message: str, retry_after: int) -> web.Response:
@@ -175,7 +179,7 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
                             header_trace if TRACE_ID.match(header_trace) else None)
     except OrderRejected as exc:
         return json_error(400, "invalid_order", str(exc), field=exc.field)
-    ledger: OrderLedger = ctx.state["ledger"]
+    ledger = ctx.state[LEDGER]
     fingerprint = _fingerprint(body, customer)
     first = ledger.claim(order.order_id)
     if first is not None:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from meshrun import Service, ServiceContext
 from meshrun.http.server import CLAIMS, json_error, json_response
+from meshrun.service_state import StateKey
 from meshrun.settings import settings_from
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")  # \Z, not $: $ also matches before a final newline
@@ -162,16 +163,19 @@ class NotificationBook:
 service = Service("users", settings=settings_from(UsersSettings), max_body_bytes=256 * 1024)
 
 
+BOOK = StateKey("book", NotificationBook)
+
+
 @service.startup
 async def create_store(ctx: ServiceContext) -> None:
     settings: UsersSettings = ctx.settings
-    ctx.state["book"] = NotificationBook(settings.keep_notifications, settings.remember_notifications)
+    ctx.state[BOOK] = NotificationBook(settings.keep_notifications, settings.remember_notifications)
 
 
 def _notify(ctx: ServiceContext, data: dict[str, object], key: str, client_id: str,
             trace_id: str | None) -> dict[str, str]:
     """Record one checked notification unless its idempotency key was seen; what the caller is told about it."""
-    book: NotificationBook = ctx.state["book"]
+    book = ctx.state[BOOK]
     recorded = book.duplicate_of(key)
     if recorded is not None:
         return {"status": "duplicate", "invoice_id": recorded}
@@ -221,7 +225,7 @@ async def notify_users(request: web.Request, ctx: ServiceContext) -> web.Respons
 async def list_notifications(request: web.Request, ctx: ServiceContext) -> web.Response:
     """The kept notifications, optionally for one order or after a sequence number (`since`); `missed` counts
     those after `since` that are no longer kept (a reader that fell more than keep_notifications behind)."""
-    book: NotificationBook = ctx.state["book"]
+    book = ctx.state[BOOK]
     order_id = request.query.get("order_id")
     try:
         since = int(request.query.get("since", "0"))
@@ -238,7 +242,7 @@ async def list_notifications(request: web.Request, ctx: ServiceContext) -> web.R
 @service.route("GET", "/notifications/stats")
 async def notification_stats(request: web.Request, ctx: ServiceContext) -> web.Response:
     """Counts from the service's own records: what a benchmark or a test reads to find lost or doubled work."""
-    book: NotificationBook = ctx.state["book"]
+    book = ctx.state[BOOK]
     return json_response({
         "notifications": book.count,
         "orders": book.orders_notified,

@@ -8,7 +8,11 @@ import aiohttp
 import pytest
 
 from meshrun.runtime import Mesh
+from meshrun.service_state import ServiceState
 from meshrun.services.billing import invoice_id_for
+from meshrun.services.email import SENT
+from meshrun.services.inventory import RESERVED
+from meshrun.services.users import BOOK
 from meshrun.transport.memory import InMemoryTransport
 from tests.conftest import make_config, pipeline_data
 from tests.e2e.helpers import eventually, get_json, machine_token, post_order, user_token
@@ -21,7 +25,7 @@ class Pipeline:
         self.users = f"http://127.0.0.1:{ports['users']}"
         self.issuer = f"http://127.0.0.1:{ports['auth']}"
 
-    def state(self, service: str) -> dict[str, Any]:
+    def state(self, service: str) -> ServiceState:
         return self.mesh.services[service].ctx.state
 
     async def published(self, topic: str) -> int:
@@ -62,8 +66,8 @@ async def test_every_order_is_invoiced_and_notified_once(pipeline: Pipeline):
         assert stats["orders_notified_more_than_once"] == 0 and stats["notifications"] == n
         figures = await get_json(http, f"http://127.0.0.1:{pipeline.ports['analytics']}/analytics")
         assert figures["orders"] == n and figures["revenue_minor"] == {"EUR": 250 * sum(range(1, n + 1))}
-    assert pipeline.state("email")["sent"] == n
-    assert sum(pipeline.state("inventory")["reserved"].values()) == sum(range(1, n + 1))
+    assert pipeline.state("email")[SENT] == n
+    assert sum(pipeline.state("inventory")[RESERVED].values()) == sum(range(1, n + 1))
     assert await pipeline.published("invoice-events") == n
 
 
@@ -139,8 +143,8 @@ async def test_replay_makes_inventory_reread_every_order(pipeline: Pipeline):
         assert (await pipeline.notified(http))["notifications"] == 5  # other groups did not move
 
 
-async def _reserved(inventory: dict[str, Any], n: int) -> bool:
-    return sum(inventory.get("reserved", {}).values()) >= n
+async def _reserved(inventory: ServiceState, n: int) -> bool:
+    return sum(inventory.get(RESERVED, {}).values()) >= n
 
 
 async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, ports):
@@ -161,7 +165,7 @@ async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, por
                 assert (await post_order(http, base, f"before-{i}", token))[0] == 202
             stats_url = f"http://127.0.0.1:{ports['users']}/notifications/stats"
             await eventually(lambda: _stat(http, stats_url, 3), what="3 notifications before the outage")
-            first_store = {n.invoice_id for n in users.services["users"].ctx.state["book"].recent}
+            first_store = {n.invoice_id for n in users.services["users"].ctx.state[BOOK].recent}
             await users.stop()
             for i in range(4):
                 assert (await post_order(http, base, f"during-{i}", token))[0] == 202
@@ -171,7 +175,7 @@ async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, por
             users = Mesh(users_config, ["users"], transport=transport)
             await users.start()
             await eventually(lambda: _stat(http, stats_url, 4), timeout=30, what="the 4 waiting notifications")
-            second_store = users.services["users"].ctx.state["book"].recent
+            second_store = users.services["users"].ctx.state[BOOK].recent
             orders_after = sorted(n.order_id for n in second_store)
             assert orders_after == [f"during-{i}" for i in range(4)]
             assert not first_store & {n.invoice_id for n in second_store}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from meshrun.examples.greeter import GREETED
 from meshrun.runtime import Mesh
 from meshrun.transport.delivery import dead_letter_topic
 from tests.conftest import make_config
@@ -38,8 +39,8 @@ async def test_the_greeter_runs_on_kafka_with_two_replicas(bootstrap: str, ports
                     assert response.status == 202
                     assert (await response.json())["partition"] in (0, 1, 2)
         state = mesh.services["greeter"].ctx.state
-        await eventually(lambda: len(state.get("greeted", [])) == 6, what="6 greetings handled")
-        assert sorted(state["greeted"]) == sorted(names)
+        await eventually(lambda: len(state.get(GREETED, [])) == 6, what="6 greetings handled")
+        assert sorted(state[GREETED]) == sorted(names)
 
         async def no_lag() -> bool:
             [info] = await mesh.transport.describe(["greetings"])

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from meshrun.errors import PortInUse
+from meshrun.examples.greeter import GREETED
 from meshrun.runtime import Mesh
 from tests.conftest import make_config
 from tests.polling import eventually
@@ -30,8 +31,8 @@ async def test_greeter_publishes_and_consumes_over_real_http(ports):
                 async with http.post(f"{base}/greet/{name}") as r:
                     assert r.status == 202
             state = mesh.services["greeter"].ctx.state
-            await eventually(lambda: len(state.get("greeted", [])) == 3)
-            assert sorted(state["greeted"]) == ["ada", "bob", "cy"]
+            await eventually(lambda: len(state.get(GREETED, [])) == 3)
+            assert sorted(state[GREETED]) == ["ada", "bob", "cy"]
             async with http.get(f"{base}/health") as r:
                 assert r.status == 200 and (await r.json())["status"] == "alive"
             async with http.get(f"{base}/ready") as r:
