@@ -402,6 +402,14 @@ class InMemoryTransport(Transport):
                                    records=sum(p.next_offset - p.log_start for p in t.partitions)))
         return infos
 
+    def records(self, topic: str, partition: int | None = None) -> list[Record]:
+        """The records `topic` holds now (or one partition of it), by partition and then offset: what was published,
+        read without joining a group or moving any offset (meshrun.testing reads topics this way). Retention may
+        have dropped the oldest; a topic nobody declared raises UnknownTopic."""
+        t = self._topic(topic)
+        parts = t.partitions if partition is None else [t.partitions[partition]]
+        return [record for part in parts for record in part.records]
+
     async def live_members(self, group: str) -> int:
         g = self._groups.get(group)
         return sum(len(m) for m in g.members.values()) if g else 0
