@@ -13,6 +13,9 @@ from meshrun_bench.launcher import BenchError
 PASSWORD_ENV = "MESHRUN_BENCH_PASSWORD"
 # The shipped services.toml keeps only hashes; its demo identities are published (README, "Security").
 DEMO_PASSWORDS = {"alice": "alice-password"}
+# The demo client secret, which services.toml takes from the environment (scripts/up exports it): a mesh the
+# benchmark starts itself gets it when nothing else gives one, so `meshrun bench` works on a fresh clone.
+DEMO_CLIENT_SECRET = "notification-secret"
 
 
 def _auth_settings(config: MeshConfig) -> dict[str, Any]:
@@ -44,12 +47,34 @@ def notification_client(config: MeshConfig) -> dict[str, str]:
             "audience": str(settings.get("audience", "users"))}
 
 
-def client_secret(config: MeshConfig) -> str | None:
-    """The machine client's secret, where Notification itself takes it from: its env variable, then its settings."""
+def _secret_sources(config: MeshConfig) -> tuple[str, str, str]:
+    """(variable, file, plaintext) of the Notification service's client secret, as its settings name them."""
     settings = config.services["notification"].settings
     settings = settings if isinstance(settings, dict) else {}
-    env = str(settings.get("client_secret_env", "MESHRUN_NOTIFICATION_SECRET"))
-    return os.environ.get(env) or settings.get("client_secret") or None
+    return (str(settings.get("client_secret_env", "MESHRUN_NOTIFICATION_SECRET")),
+            str(settings.get("client_secret_file", "")), str(settings.get("client_secret", "")))
+
+
+def demo_secret_environment(config: MeshConfig) -> dict[str, str]:
+    """What the meshes the benchmark starts need in their environment: the demo client secret, when the variable
+    is not set and the settings name no other source (the shipped services.toml on a fresh shell); else nothing."""
+    env, file, plaintext = _secret_sources(config)
+    if os.environ.get(env) or file or plaintext:
+        return {}
+    return {env: DEMO_CLIENT_SECRET}
+
+
+def client_secret(config: MeshConfig) -> str | None:
+    """The machine client's secret, where Notification itself takes it from: its variable, its file, its settings,
+    else the demo secret the benchmark gave the mesh it started."""
+    from meshrun.auth.client_secret import read_secret
+    from meshrun.errors import SettingsError
+
+    env, file, plaintext = _secret_sources(config)
+    try:
+        return read_secret(env, file, plaintext, config.base_dir, "services.notification.settings.client_secret")[0]
+    except SettingsError:
+        return demo_secret_environment(config).get(env)
 
 
 async def user_token(issuer: str, user: str, password: str, audience: str) -> str:

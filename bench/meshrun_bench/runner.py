@@ -367,7 +367,7 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
             say(f"starting the mesh ({config.transport}, {len(launched)} process(es)), logs in {workdir}")
             started = time.perf_counter()
             for proc in launched:
-                proc.start()
+                proc.start(env=credentials.demo_secret_environment(config))
             ready_seconds = round(await wait_ready(launched, list(urls.values()), started, options.ready_timeout), 3)
             say(f"mesh ready in {ready_seconds:.3f} s")
             processes = launched_processes(launched)
