@@ -112,7 +112,7 @@ class Mesh:
                     from meshrun.auth.guard import BearerGuard
 
                     ctx.guard = BearerGuard(issuer=ctx.issuer, audience=ls.config.audience or ls.name,
-                                            session=_session_of(ctx))
+                                            session=_session_of(ctx), allow_cleartext=self.config.trust_proxy_tls)
                 for hook in ls.service.on_start:
                     await hook(ctx)
                 if ls.config.port is not None:

@@ -137,3 +137,15 @@ def test_a_non_loopback_http_issuer_is_refused_by_the_configuration(mesh: dict[s
         parse_config(data)
     assert "plain http on a non-loopback host" in str(failure.value)
     assert "mesh.trust_proxy_tls = true" in str(failure.value)
+
+
+async def test_mesh_trust_proxy_tls_reaches_every_resource_servers_guard(start_mesh: Any, tmp_path: Any) -> None:
+    from tests.auth.conftest import mesh_data
+
+    strict = await start_mesh()
+    assert strict.guard("orders-api").jwks.allow_cleartext is False
+    data = mesh_data(tmp_path, free_port())
+    data["mesh"]["trust_proxy_tls"] = True
+    trusting = await start_mesh(data)
+    assert trusting.guard("orders-api").jwks.allow_cleartext is True
+    assert trusting.guard("users-api").jwks.allow_cleartext is True
