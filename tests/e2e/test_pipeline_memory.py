@@ -2,91 +2,85 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator
+import tomllib
+from typing import Any
 
 import aiohttp
 import pytest
 
 from meshrun.runtime import Mesh
-from meshrun.service_state import ServiceState
 from meshrun.services.billing import invoice_id_for
 from meshrun.services.email import SENT
 from meshrun.services.inventory import RESERVED
 from meshrun.services.users import BOOK
+from meshrun.testing import MeshFactory, MeshHarness
 from meshrun.transport.memory import InMemoryTransport
-from tests.conftest import make_config, pipeline_data
-from tests.e2e.helpers import eventually, get_json, machine_token, post_order, user_token
+from tests.conftest import ROOT, make_config, pipeline_data
+from tests.e2e.helpers import eventually, get_json, post_order, user_token
 
-
-class Pipeline:
-    def __init__(self, mesh: Mesh, ports: Any, token: str) -> None:
-        self.mesh, self.ports, self.token = mesh, ports, token
-        self.orders = f"http://127.0.0.1:{ports['orders']}"
-        self.users = f"http://127.0.0.1:{ports['users']}"
-        self.issuer = f"http://127.0.0.1:{ports['auth']}"
-
-    def state(self, service: str) -> ServiceState:
-        return self.mesh.services[service].ctx.state
-
-    async def published(self, topic: str) -> int:
-        """Records ever appended to `topic` (a group-independent count, so a topic nobody reads counts too)."""
-        return sum(part.next_offset for part in self.mesh.transport._topics[topic].partitions)  # type: ignore[attr-defined]
-
-    async def notified(self, http: aiohttp.ClientSession) -> dict[str, Any]:
-        return await get_json(http, f"{self.users}/notifications/stats")
+# In the order an order flows through them: once each has handled what it was given, the pipeline is at rest.
+GROUPS = ("inventory-group", "email-group", "analytics-group", "billing-group", "notification-group")
 
 
 @pytest.fixture
-async def pipeline(tmp_path, ports) -> AsyncIterator[Pipeline]:
-    mesh = Mesh(make_config(pipeline_data(tmp_path, ports)))
-    await mesh.start()
-    try:
-        await mesh.wait_ready(15)
-        yield Pipeline(mesh, ports, await user_token(f"http://127.0.0.1:{ports['auth']}"))
-    finally:
-        await mesh.stop()
+async def pipeline(mesh_for: MeshFactory) -> MeshHarness:
+    """The shipped services.toml running for the test (each service on a free port), with its admin endpoint."""
+    return await mesh_for(ROOT / "services.toml", admin=True)
 
 
-async def test_every_order_is_invoiced_and_notified_once(pipeline: Pipeline):
+@pytest.fixture
+async def alice(pipeline: MeshHarness) -> str:
+    """The demo user's token, signed in with the CLI's public client as `meshrun token --user alice` does."""
+    return await pipeline.token("alice", password="alice-password", client="meshrun-cli")
+
+
+async def at_rest(pipeline: MeshHarness) -> None:
+    for group in GROUPS:
+        await pipeline.handled(group)
+
+
+async def notified(http: aiohttp.ClientSession, pipeline: MeshHarness) -> dict[str, Any]:
+    return await get_json(http, f"{pipeline.url('users')}/notifications/stats")
+
+
+async def test_every_order_is_invoiced_and_notified_once(pipeline: MeshHarness, alice: str):
     n = 30
     async with aiohttp.ClientSession() as http:
         for i in range(n):
             body = {"items": [{"sku": f"SKU-{i}", "quantity": i + 1, "unit_price": 250}], "currency": "EUR"}
-            status, answer = await post_order(http, pipeline.orders, f"o-{i}", pipeline.token, body)
+            status, answer = await post_order(http, pipeline.url("orders"), f"o-{i}", alice, body)
             assert status == 202, answer
             assert answer["order_id"] == f"o-{i}" and len(answer["event_id"]) == 32
-        await eventually(lambda: _count(http, pipeline, n), what=f"{n} notifications")
-        listing = await get_json(http, f"{pipeline.users}/notifications")
+        await at_rest(pipeline)
+        listing = await get_json(http, f"{pipeline.url('users')}/notifications")
         by_order = {note["order_id"]: note for note in listing["notifications"]}
         assert sorted(by_order) == sorted(f"o-{i}" for i in range(n))
         assert all(note["invoice_id"] == invoice_id_for(oid) and note["user"] == "alice"
                    for oid, note in by_order.items())
         assert by_order["o-3"]["total"] == 4 * 250
-        stats = await pipeline.notified(http)
+        stats = await notified(http, pipeline)
         assert stats["orders_notified_more_than_once"] == 0 and stats["notifications"] == n
-        figures = await get_json(http, f"http://127.0.0.1:{pipeline.ports['analytics']}/analytics")
+        figures = await get_json(http, f"{pipeline.url('analytics')}/analytics")
         assert figures["orders"] == n and figures["revenue_minor"] == {"EUR": 250 * sum(range(1, n + 1))}
-    assert pipeline.state("email")[SENT] == n
-    assert sum(pipeline.state("inventory")[RESERVED].values()) == sum(range(1, n + 1))
-    assert await pipeline.published("invoice-events") == n
+    assert pipeline.context("email").state[SENT] == n
+    assert sum(pipeline.context("inventory").state[RESERVED].values()) == sum(range(1, n + 1))
+    assert len(pipeline.published("invoice-events")) == n
+    assert all(not pipeline.dead_letters(topic) for topic in ("order-events", "invoice-events"))
 
 
-async def _count(http: aiohttp.ClientSession, pipeline: Pipeline, n: int) -> bool:
-    return (await pipeline.notified(http))["notifications"] >= n
-
-
-async def test_reposting_an_order_publishes_nothing_new(pipeline: Pipeline):
+async def test_reposting_an_order_publishes_nothing_new(pipeline: MeshHarness, alice: str):
+    orders = pipeline.url("orders")
     async with aiohttp.ClientSession() as http:
-        first = await post_order(http, pipeline.orders, "same-1", pipeline.token)
-        again = await post_order(http, pipeline.orders, "same-1", pipeline.token)
+        first = await post_order(http, orders, "same-1", alice)
+        again = await post_order(http, orders, "same-1", alice)
         assert first[0] == 202 and again[0] == 200
         assert again[1]["event_id"] == first[1]["event_id"] and again[1]["status"] == "already_accepted"
-        other = await post_order(http, pipeline.orders, "same-1", pipeline.token,
+        other = await post_order(http, orders, "same-1", alice,
                                  {"items": [{"sku": "X", "quantity": 9, "unit_price": 1}]})
         assert other[0] == 409 and other[1]["error"] == "order_conflict"
-        await eventually(lambda: _count(http, pipeline, 1), what="the notification")
-        assert await pipeline.published("order-events") == 1
-        stats = await pipeline.notified(http)
+        await at_rest(pipeline)
+        assert len(pipeline.published("order-events")) == 1
+        stats = await notified(http, pipeline)
         assert stats["notifications"] == 1
 
 
@@ -98,53 +92,53 @@ async def test_reposting_an_order_publishes_nothing_new(pipeline: Pipeline):
     ("o1", b'{"coupon": "FREE"}', 400, "coupon"),
     ("o1", b'{"items": [{"sku": "' + b"A" * 20000 + b'", "quantity": 1, "unit_price": 1}]}', 413, None),
 ])
-async def test_bad_requests_are_rejected_and_publish_nothing(pipeline: Pipeline, order_id, body, status, field):
+async def test_bad_requests_are_rejected_and_publish_nothing(pipeline: MeshHarness, alice: str, order_id, body,
+                                                             status, field):
     async with aiohttp.ClientSession() as http:
-        got, answer = await post_order(http, pipeline.orders, order_id, pipeline.token, data=body,
+        got, answer = await post_order(http, pipeline.url("orders"), order_id, alice, data=body,
                                        headers={"Content-Type": "application/json"})
     assert got == status, answer
     if field:
         assert answer["field"] == field and field in answer["message"]
     else:
         assert answer["error"] == "payload_too_large"
-    assert await pipeline.published("order-events") == 0
+    assert pipeline.published("order-events") == []
 
 
-async def test_orders_need_a_user_token_with_the_right_scope(pipeline: Pipeline):
+async def test_orders_need_a_user_token_with_the_right_scope(pipeline: MeshHarness, alice: str):
+    orders = pipeline.url("orders")
     async with aiohttp.ClientSession() as http:
-        status, answer = await post_order(http, pipeline.orders, "o1", None)
+        status, answer = await post_order(http, orders, "o1", None)
         assert status == 401 and answer["error"] == "invalid_token"
-        machine = await machine_token(pipeline.issuer)  # audience users, scope users.notify: not for orders
-        status, answer = await post_order(http, pipeline.orders, "o1", machine)
+        # audience users, scope users.notify: not for orders
+        machine = await pipeline.machine_token("notification-service", secret="notification-secret",
+                                               scope="users.notify")
+        status, answer = await post_order(http, orders, "o1", machine)
         assert status in (401, 403)
-        async with http.post(f"{pipeline.users}/notify-user", headers={"Authorization": f"Bearer {pipeline.token}"},
+        async with http.post(f"{pipeline.url('users')}/notify-user", headers={"Authorization": f"Bearer {alice}"},
                              json={"invoice_id": "I", "order_id": "o", "user": "alice"}) as r:
             assert r.status in (401, 403)  # a user token cannot impersonate the notification service
-    assert await pipeline.published("order-events") == 0
+    assert pipeline.published("order-events") == []
 
 
-async def test_replay_makes_inventory_reread_every_order(pipeline: Pipeline):
+async def test_replay_makes_inventory_reread_every_order(pipeline: MeshHarness, alice: str):
     async with aiohttp.ClientSession() as http:
         for i in range(5):
-            assert (await post_order(http, pipeline.orders, f"r-{i}", pipeline.token))[0] == 202
-        await eventually(lambda: _count(http, pipeline, 5), what="5 notifications")
-        inventory = pipeline.state("inventory")
-        await eventually(lambda: _reserved(inventory, 5), what="5 reservations")
-        admin = f"http://127.0.0.1:{pipeline.ports['admin']}"
-        async with http.post(f"{admin}/replay", params={"group": "inventory-group", "topic": "order-events",
-                                                        "to": "earliest"}) as r:
+            assert (await post_order(http, pipeline.url("orders"), f"r-{i}", alice))[0] == 202
+        await at_rest(pipeline)
+        inventory = pipeline.context("inventory").state
+        assert sum(inventory[RESERVED].values()) == 5
+        async with http.post(f"{pipeline.admin_url}/replay", params={"group": "inventory-group",
+                                                                     "topic": "order-events", "to": "earliest"}) as r:
             assert r.status == 200, await r.text()
             assert sum((await r.json())["offsets"].values()) == 0
-        await eventually(lambda: _reserved(inventory, 10), what="inventory to re-read the 5 orders")
-        topics = await get_json(http, f"{admin}/topics")
+        await pipeline.handled("inventory-group")
+        assert sum(inventory[RESERVED].values()) == 10  # re-read the 5 orders
+        topics = await get_json(http, f"{pipeline.admin_url}/topics")
         lag = {g: sum(p["lag"] for p in parts) for t in topics["topics"] if t["name"] == "order-events"
                for g, parts in t["groups"].items()}
         assert lag["inventory-group"] == 0 and set(lag) >= {"billing-group", "email-group", "analytics-group"}
-        assert (await pipeline.notified(http))["notifications"] == 5  # other groups did not move
-
-
-async def _reserved(inventory: ServiceState, n: int) -> bool:
-    return sum(inventory.get(RESERVED, {}).values()) >= n
+        assert (await notified(http, pipeline))["notifications"] == 5  # other groups did not move
 
 
 async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, ports):
@@ -196,24 +190,18 @@ async def _lagging(transport: InMemoryTransport, n: int) -> bool:
     return sum(p.lag for p in info.groups["notification-group"]) == n
 
 
-async def test_two_billing_replicas_share_the_partitions(tmp_path, ports):
-    data = pipeline_data(tmp_path, ports)
+async def test_two_billing_replicas_share_the_partitions(mesh_for: MeshFactory):
+    data = tomllib.loads((ROOT / "services.toml").read_text())
     data["services"]["billing"]["replicas"] = 2
-    mesh = Mesh(make_config(data))
-    await mesh.start()
-    try:
-        await mesh.wait_ready(15)
-        members = mesh.services["billing"].subscriptions
-        assert len(members) == 2
-        owned = [sorted(m.assigned_partitions) for m in members]
-        assert sorted(p for parts in owned for p in parts) == [0, 1, 2] and all(owned)
-        token = await user_token(f"http://127.0.0.1:{ports['auth']}")
-        async with aiohttp.ClientSession() as http:
-            for i in range(12):
-                assert (await post_order(http, f"http://127.0.0.1:{ports['orders']}", f"b-{i}", token))[0] == 202
-            stats_url = f"http://127.0.0.1:{ports['users']}/notifications/stats"
-            await eventually(lambda: _stat(http, stats_url, 12), what="12 notifications")
-            stats = await get_json(http, stats_url)
-            assert stats["notifications"] == 12 and stats["duplicates_absorbed"] == 0
-    finally:
-        await mesh.stop()
+    pipeline = await mesh_for(data)
+    members = pipeline.mesh.services["billing"].subscriptions
+    assert len(members) == 2
+    owned = [sorted(m.assigned_partitions) for m in members]
+    assert sorted(p for parts in owned for p in parts) == [0, 1, 2] and all(owned)
+    token = await pipeline.token("alice", password="alice-password", client="meshrun-cli")
+    async with aiohttp.ClientSession() as http:
+        for i in range(12):
+            assert (await post_order(http, pipeline.url("orders"), f"b-{i}", token))[0] == 202
+        await at_rest(pipeline)
+        stats = await notified(http, pipeline)
+        assert stats["notifications"] == 12 and stats["duplicates_absorbed"] == 0
