@@ -62,6 +62,11 @@ class PublishRefused(HandlerControl):
     """What a handler published was refused for good (say, too large for the topic): retried, then dead-lettered."""
 
 
+class AuthError(MeshrunError):
+    """A token, a key set or a request of the authorization server was refused or could not be checked; each
+    subclass (in meshrun.auth) carries the status and OAuth error its HTTP answer needs."""
+
+
 class TransportUnavailable(MeshrunError):
     """A publish could not be made durable in time, for a reason that passes by itself: the broker is away, or (in
     memory) consumers are too far behind. Nothing was accepted; retry after `retry_after` seconds. A handler that

@@ -17,6 +17,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from meshrun.errors import AuthError
+
 # scrypt with N = 2**14, r = 8 (16 MiB, ~50 ms on a laptop core): OWASP's minimum for scrypt is N = 2**17 with
 # p = 1 or N = 2**14 with more passes; client secrets are long random strings, so brute force is not the threat.
 DEFAULT_LOG2_N = 14
@@ -90,7 +92,7 @@ def decoy(cost: tuple[int, int, int] = (DEFAULT_LOG2_N, 8, 1)) -> SecretHash:
     return hash_secret(base64.b64encode(os.urandom(32)).decode(), log2_n=log2_n, r=r, p=p)
 
 
-class HashQueueFull(Exception):
+class HashQueueFull(AuthError):
     """More slow hash checks are waiting than the queue holds: answer 503 with `retry_after` seconds."""
 
     def __init__(self, retry_after: int) -> None:

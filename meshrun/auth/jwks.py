@@ -15,6 +15,7 @@ import orjson
 import structlog
 
 from meshrun.auth.verify import VerificationKey, keys_from_jwks
+from meshrun.errors import AuthError
 from meshrun.tls import cleartext_problem
 
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -24,7 +25,7 @@ _MAX_AGE = re.compile(r"max-age=(\d+)")
 log = structlog.get_logger("meshrun.auth.jwks")
 
 
-class JwksUnavailable(Exception):
+class JwksUnavailable(AuthError):
     """The issuer's metadata or JWKS could not be fetched or used; the message is a sentence for /ready."""
 
 

@@ -18,6 +18,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from meshrun.auth.claims import Claims, format_scope
+from meshrun.errors import AuthError
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
@@ -29,7 +30,7 @@ MAX_HEADER_BYTES = 1024
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class InvalidToken(Exception):
+class InvalidToken(AuthError):
     """The token is missing, malformed, expired, wrongly signed, or meant for someone else (RFC 6750: 401)."""
 
     error = "invalid_token"
@@ -48,7 +49,7 @@ class UnknownSigningKey(InvalidToken):
         super().__init__(f"token is signed with key id {_shown(kid)}, which the issuer's JWKS does not contain")
 
 
-class InsufficientScope(Exception):
+class InsufficientScope(AuthError):
     """The token is valid but lacks the scope the route needs (RFC 6750: 403)."""
 
     error = "insufficient_scope"

@@ -11,7 +11,12 @@ from aiohttp import web
 
 from meshrun import Service, ServiceContext
 from meshrun.auth.hashing import HashQueueFull
-from meshrun.auth.issuer.authorize import AuthorizationRequest, NotRedirectable, RedirectError, describe_scope
+from meshrun.auth.issuer.authorize import (
+    AuthorizationRequest,
+    NotRedirectable,
+    RedirectError,
+    describe_scope,
+)
 from meshrun.auth.issuer.client_address import client_address
 from meshrun.auth.issuer.csrf import cross_site_reason, origin_of
 from meshrun.auth.issuer.errors import NO_STORE, OAuthError
@@ -22,8 +27,9 @@ from meshrun.auth.issuer.server import AuthorizationServer
 from meshrun.auth.issuer.settings import parse_settings
 from meshrun.auth.issuer.throttle import Throttled
 from meshrun.http.server import json_response
+from meshrun.service_state import StateKey
 
-SERVER = "authorization_server"
+SERVER = StateKey("authorization_server", AuthorizationServer)
 AUTHORIZE_PATH = "/oauth2/authorize"
 METADATA_HEADERS = {"Cache-Control": "public, max-age=300"}
 WRONG_PASSWORD = "Wrong username or password."
@@ -35,8 +41,7 @@ service = Service("auth", settings=parse_settings)
 
 def authorization_server(ctx: ServiceContext) -> AuthorizationServer:
     """The running issuer of this service (tests use it to move the issuer's clock)."""
-    server: AuthorizationServer = ctx.state[SERVER]
-    return server
+    return ctx.state[SERVER]
 
 
 @service.startup

@@ -20,6 +20,7 @@ from meshrun.auth.client_secret import missing_secret, read_secret
 from meshrun.auth.token_source import ClientCredentialsTokenSource
 from meshrun.errors import SettingsError, TokenRequestFailed
 from meshrun.http.server import json_response
+from meshrun.service_state import StateKey
 from meshrun.services.events import INVOICE_EVENTS, InvoiceIssued
 from meshrun.settings import settings_from
 from meshrun.tls import cleartext_problem
@@ -59,6 +60,11 @@ def parse_settings(table: dict[str, Any], path: str) -> NotificationSettings:
 
 
 service = Service("notification", settings=parse_settings)
+TOKENS = StateKey("tokens", ClientCredentialsTokenSource)  # machine tokens for the User service
+NOTIFY_URL = StateKey("notify_url", str)
+NOTIFY_BATCH_URL = StateKey("notify_batch_url", str)
+BATCH_ENDPOINT_FROM = StateKey("batch_endpoint_from", float)  # monotonic time from which POST /notify-users is used
+SENT = StateKey("sent", int)  # notifications sent since start
 
 
 @service.startup
@@ -73,21 +79,21 @@ async def create_token_source(ctx: ServiceContext) -> None:
         problem = None if not url or ctx.mesh.trust_proxy_tls else cleartext_problem(url, f"settings.{name}")
         if problem:
             raise SettingsError([f"services.{ctx.name}.settings.{name}: {problem}"])
-    ctx.state["tokens"] = ClientCredentialsTokenSource(
+    ctx.state[TOKENS] = ClientCredentialsTokenSource(
         token_url=s.token_url or f"{ctx.issuer}/oauth2/token", client_id=s.client_id, client_secret=secret,
         scope=s.scope, session=lambda: ctx.http, resource=s.audience,
     )
     users_url = (s.users_url or ctx.url_of("users")).rstrip("/")
-    ctx.state["notify_url"] = f"{users_url}/notify-user"
-    ctx.state["notify_batch_url"] = f"{users_url}/notify-users"
-    ctx.state["batch_endpoint_from"] = 0.0  # monotonic time from which POST /notify-users is used
+    ctx.state[NOTIFY_URL] = f"{users_url}/notify-user"
+    ctx.state[NOTIFY_BATCH_URL] = f"{users_url}/notify-users"
+    ctx.state[BATCH_ENDPOINT_FROM] = 0.0
 
 
 @service.route("GET", "/stats")
 async def stats(request: web.Request, ctx: ServiceContext) -> web.Response:
     """Notifications sent and machine tokens fetched since start (one per token lifetime is the goal)."""
-    tokens: ClientCredentialsTokenSource = ctx.state["tokens"]
-    return json_response({"sent": ctx.state.get("sent", 0), "tokens_fetched": tokens.fetched})
+    tokens = ctx.state[TOKENS]
+    return json_response({"sent": ctx.state.get(SENT, 0), "tokens_fetched": tokens.fetched})
 
 
 async def _post(ctx: ServiceContext, url: str, token: str, body: bytes,
@@ -105,7 +111,7 @@ async def _call_users(ctx: ServiceContext, url: str, body: bytes, headers: dict[
 
     Raises RetryLater for what waits (the authorization server or the User service unreachable or failing, the
     token refused) and NotifyRejected for a refusal a retry will not fix."""
-    tokens: ClientCredentialsTokenSource = ctx.state["tokens"]
+    tokens = ctx.state[TOKENS]
     try:
         token = await tokens.token()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -139,7 +145,7 @@ def _notification(invoice: InvoiceIssued) -> dict[str, object]:
 
 async def _notify_one(ctx: ServiceContext, invoice: InvoiceIssued) -> bool:
     """POST /notify-user; True if the User service had recorded this invoice already."""
-    status, _ = await _call_users(ctx, ctx.state["notify_url"], orjson.dumps(_notification(invoice)),
+    status, _ = await _call_users(ctx, ctx.state[NOTIFY_URL], orjson.dumps(_notification(invoice)),
                                   {"Idempotency-Key": invoice.invoice_id, "X-Trace-Id": invoice.trace_id})
     if status == 404:
         raise NotifyRejected(f"User service refused the notification of invoice {invoice.invoice_id}: 404")
@@ -150,11 +156,11 @@ async def _notify_many(ctx: ServiceContext, invoices: list[InvoiceIssued]) -> li
     """POST /notify-users; for each invoice, True if it was recorded already. None if the User service has no such
     endpoint (an older version): it is then not asked again, and notifications go one per request."""
     body = orjson.dumps({"notifications": [_notification(invoice) for invoice in invoices]})
-    status, answer = await _call_users(ctx, ctx.state["notify_batch_url"], body, {})
+    status, answer = await _call_users(ctx, ctx.state[NOTIFY_BATCH_URL], body, {})
     if status == 404:
         # An older User service, or one being upgraded behind a proxy: ask it again in a while.
-        ctx.state["batch_endpoint_from"] = time.monotonic() + ASK_AGAIN_AFTER
-        ctx.log.warning("notify_batch_endpoint_missing", url=ctx.state["notify_batch_url"],
+        ctx.state[BATCH_ENDPOINT_FROM] = time.monotonic() + ASK_AGAIN_AFTER
+        ctx.log.warning("notify_batch_endpoint_missing", url=ctx.state[NOTIFY_BATCH_URL],
                         fallback="one POST /notify-user per invoice", ask_again_in_s=ASK_AGAIN_AFTER)
         return None
     try:
@@ -174,11 +180,11 @@ async def _notify_many(ctx: ServiceContext, invoices: list[InvoiceIssued]) -> li
 async def notify_users(invoices: list[InvoiceIssued], ctx: BatchContext) -> None:
     service_ctx = ctx.service
     duplicates = None
-    if len(invoices) > 1 and time.monotonic() >= service_ctx.state["batch_endpoint_from"]:
+    if len(invoices) > 1 and time.monotonic() >= service_ctx.state[BATCH_ENDPOINT_FROM]:
         duplicates = await _notify_many(service_ctx, invoices)
     if duplicates is None:
         duplicates = [await _notify_one(service_ctx, invoice) for invoice in invoices]
-    service_ctx.state["sent"] = service_ctx.state.get("sent", 0) + len(invoices)
+    service_ctx.state[SENT] = service_ctx.state.get(SENT, 0) + len(invoices)
     for i, (invoice, duplicate) in enumerate(zip(invoices, duplicates, strict=True)):
         ctx.log_for(i).info("notification_sent", invoice_id=invoice.invoice_id, order_id=invoice.order_id,
                             user=invoice.customer, duplicate=duplicate)

@@ -14,6 +14,7 @@ import pytest
 from meshrun.auth.token_source import ClientCredentialsTokenSource
 from meshrun.errors import SettingsError
 from meshrun.runtime import Mesh
+from meshrun.services.notification import TOKENS
 from tests.auth.test_cli import meshrun
 from tests.conftest import make_config, pipeline_data, write_toml
 
@@ -58,7 +59,7 @@ async def test_both_sides_read_the_secret_from_a_file(tmp_path: Path, ports: Any
     await mesh.start()
     try:
         await mesh.wait_ready(15)
-        tokens: ClientCredentialsTokenSource = mesh.services["notification"].ctx.state["tokens"]
+        tokens: ClientCredentialsTokenSource = mesh.services["notification"].ctx.state[TOKENS]
         token = await tokens.token()
         assert pyjwt.decode(token, options={"verify_signature": False})["aud"] == "users"
     finally:

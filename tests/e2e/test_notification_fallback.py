@@ -13,6 +13,7 @@ from meshrun.events import encode, transport_headers
 from meshrun.runtime import Mesh
 from meshrun.services.billing import compute_invoice
 from meshrun.services.events import InvoiceIssued, LineItem, OrderPlaced
+from meshrun.services.notification import BATCH_ENDPOINT_FROM, SENT
 from tests.captured_logs import captured_logs
 from tests.conftest import make_config, pipeline_data
 from tests.e2e.helpers import eventually, get_json
@@ -77,7 +78,7 @@ async def test_queued_invoices_are_each_notified_once_through_notify_user(setup:
         invoices = await setup.queue_behind_one(0, 9)
         await eventually(lambda: _notified(http, setup, 9), timeout=30, what="9 notifications")
         # The 8 that queued up went as a list first: refused with 404, then one /notify-user each.
-        assert setup.batch_endpoint_missing() == 1 and setup.notification["batch_endpoint_from"] > time.monotonic()
+        assert setup.batch_endpoint_missing() == 1 and setup.notification[BATCH_ENDPOINT_FROM] > time.monotonic()
 
         # For good: the next invoices that queue up go one at a time at once, without asking for the list again.
         invoices += await setup.queue_behind_one(9, 4)
@@ -91,7 +92,7 @@ async def test_queued_invoices_are_each_notified_once_through_notify_user(setup:
         assert [(n["invoice_id"], n["order_id"], n["total"], n["trace_id"]) for n in listed] == [
             (inv.invoice_id, inv.order_id, inv.total, inv.trace_id) for inv in invoices]
         assert setup.users["calls"] == 13  # one /notify-user call per invoice, none retried
-        assert setup.notification["sent"] == 13
+        assert setup.notification[SENT] == 13
 
     sent = [line for line in setup.logs if line["event"] == "notification_sent"]
     assert [(s["invoice_id"], s["offset"], s["event_id"], s["duplicate"]) for s in sent] == [

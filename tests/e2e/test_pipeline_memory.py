@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from meshrun.runtime import Mesh
+from meshrun.services import notification as notification_service
 from meshrun.services.billing import invoice_id_for
 from meshrun.services.email import SENT
 from meshrun.services.inventory import RESERVED
@@ -173,7 +174,7 @@ async def test_user_service_down_then_up_loses_and_doubles_nothing(tmp_path, por
             orders_after = sorted(n.order_id for n in second_store)
             assert orders_after == [f"during-{i}" for i in range(4)]
             assert not first_store & {n.invoice_id for n in second_store}
-            assert notification.ctx.state["sent"] == 7
+            assert notification.ctx.state[notification_service.SENT] == 7
     finally:
         await users.stop()
         await rest.stop()

@@ -15,13 +15,14 @@ from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.redirect_uris import character_problem, redirect_uri_matches
 from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
 from meshrun.auth.issuer.settings import Client
+from meshrun.errors import AuthError
 
 # The parameters the login form carries from the GET that showed it to the POST that submits it.
 REQUEST_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
                       "code_challenge_method")
 
 
-class NotRedirectable(Exception):
+class NotRedirectable(AuthError):
     """The request cannot be answered at its redirect URI: shown to the user instead."""
 
     def __init__(self, description: str) -> None:
@@ -34,7 +35,7 @@ def with_query(uri: str, values: dict[str, str]) -> str:
     return uri + ("&" if "?" in uri else "?") + urlencode(values)
 
 
-class RedirectError(Exception):
+class RedirectError(AuthError):
     """An error answered at the client's redirect URI (RFC 6749 §4.1.2.1), with `state` and `iss` (RFC 9207)."""
 
     def __init__(self, redirect_uri: str, error: str, description: str, state: str | None, issuer: str) -> None:

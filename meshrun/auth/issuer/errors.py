@@ -8,10 +8,12 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from meshrun.errors import AuthError
+
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class OAuthError(Exception):
+class OAuthError(AuthError):
     """An RFC 6749 error: `error` is the registered code, `description` says what to change."""
 
     def __init__(self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None

@@ -20,11 +20,12 @@ import structlog
 
 from meshrun.auth.issuer.failures import Failures, FailureStore
 from meshrun.auth.issuer.settings import ThrottleSettings
+from meshrun.errors import AuthError
 
 log = structlog.get_logger("meshrun.auth.throttle")
 
 
-class Throttled(Exception):
+class Throttled(AuthError):
     """Too many failures: the attempt is refused unchecked; try again after `retry_after` seconds."""
 
     def __init__(self, retry_after: int, reason: str) -> None:
