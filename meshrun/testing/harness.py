@@ -9,7 +9,7 @@ import asyncio
 import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Protocol, Sequence
+from typing import AsyncIterator, Iterable, Protocol, Sequence
 
 import aiohttp
 
@@ -153,6 +153,7 @@ async def running_mesh(config: ConfigSource, only: str | Iterable[str] | None = 
     secrets only the harness holds) allowed every route's scope, `scopes` and every running service's audience.
     """
     identities = HarnessIdentities.declare(users, clients)
+    scopes = tuple(scopes)  # read again at every attempt
     names = [only] if isinstance(only, str) else None if only is None else list(only)
     with tempfile.TemporaryDirectory(prefix="meshrun-test-") as keys_dir:
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -168,6 +169,9 @@ async def running_mesh(config: ConfigSource, only: str | Iterable[str] | None = 
                 if attempt == START_ATTEMPTS:
                     raise
                 continue
+            except BaseException:
+                await transport.stop()
+                raise
             break
         harness = MeshHarness(plan, mesh, transport, identities)
         try:

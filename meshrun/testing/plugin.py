@@ -6,6 +6,7 @@ pytest-asyncio, with `asyncio_mode = "auto"` or `@pytest.mark.asyncio` on each t
 """
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar, cast
@@ -70,6 +71,6 @@ async def meshrun_harness(request: pytest.FixtureRequest, mesh_for: MeshFactory)
     only = args[1] if len(args) > 1 else options.pop("only", None)
     if config is None:
         config = str(request.config.getini(CONFIG_INI))
-    if isinstance(config, str):  # a path: relative to the rootdir, as the ini option
+    if isinstance(config, (str, os.PathLike)):  # a path: relative to the rootdir, as the ini option
         config = Path(request.config.rootpath, config)
     return await mesh_for(config, only, **options)

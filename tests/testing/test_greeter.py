@@ -1,10 +1,14 @@
 """The test kit as a user meets it first: the example greeter service, tested through its HTTP route and topic."""
 from __future__ import annotations
 
+import socket
+from typing import Iterator
+
 import pytest
 
 from meshrun.examples.greeter import Greeted
-from meshrun.testing import MeshFactory, MeshHarness
+from meshrun.testing import MeshFactory, MeshHarness, free_port
+from meshrun.testing import mesh_config
 
 # A project's services.toml, as a dict; the kit replaces the port by a free one.
 GREETER = {"topics": {"greetings": {"partitions": 3}},
@@ -40,6 +44,20 @@ async def test_the_service_runs_on_a_free_port_of_its_own(mesh_for: MeshFactory)
     assert first.config.transport == "memory" and first.config.admin_port is None
     async with first.client("greeter") as http, http.get("/ready") as response:
         assert response.status == 200
+
+
+async def test_a_port_taken_before_the_mesh_binds_it_is_chosen_again(mesh_for: MeshFactory,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports: Iterator[int] = iter([port, free_port()])  # the first one another process took in between
+        monkeypatch.setattr(mesh_config, "free_port", lambda: next(ports))
+        mesh = await mesh_for(GREETER)
+        assert mesh.url("greeter") != f"http://127.0.0.1:{port}"
+        async with mesh.client("greeter") as http, http.get("/ready") as response:
+            assert response.status == 200
 
 
 @pytest.mark.meshrun(GREETER, only=["greeter"])

@@ -49,7 +49,7 @@ group = "greeter-group"
 def run_pytest(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # A project of its own: its own rootdir and ini, none of this repository's conftest or settings.
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=project, capture_output=True, text=True, timeout=120,
+                          cwd=project, capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, **(env or {})})
 
 
@@ -70,6 +70,7 @@ def test_without_pytest_asyncio_the_fixture_says_what_to_install(tmp_path: Path)
     missing = tmp_path / "missing" / "pytest_asyncio"
     missing.mkdir(parents=True)
     (missing / "__init__.py").write_text("raise ImportError('pytest-asyncio is not installed here')\n")
-    result = run_pytest(tmp_path, "-p", "no:asyncio", env={"PYTHONPATH": str(missing.parent)})
+    path = os.pathsep.join(filter(None, [str(missing.parent), os.environ.get("PYTHONPATH")]))
+    result = run_pytest(tmp_path, "-p", "no:asyncio", env={"PYTHONPATH": path})
     assert result.returncode == 1
     assert "the mesh_for fixture (meshrun.testing) is async and needs pytest-asyncio" in result.stdout
