@@ -26,7 +26,8 @@ _HOMES = {
     "running_mesh": "harness", "free_port": "mesh_config", "DeadLetter": "topics", "GroupDidNotCatchUp": "topics",
     "UnknownGroup": "topics",
 }
-__all__ = sorted(_HOMES)
+__all__ = ["DeadLetter", "GroupDidNotCatchUp", "MeshFactory", "MeshHarness", "NoIssuer", "UndeclaredIdentity",
+           "UnknownGroup", "free_port", "running_mesh"]
 
 
 def __getattr__(name: str) -> Any:

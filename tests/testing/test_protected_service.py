@@ -11,9 +11,8 @@ from tests.testing.parcels import CONFIG, ParcelBooked, ParcelShipped
 async def test_a_booked_parcel_is_shipped(mesh_for: MeshFactory) -> None:
     mesh = await mesh_for(CONFIG)
     token = await mesh.token(scope="parcels.write")
-    async with mesh.client("parcels", token) as http:
-        async with http.post("/parcels/p-1", json={"destination": "lisbon"}) as response:
-            assert response.status == 202 and (await response.json())["booked_by"] == "tester"
+    async with mesh.client("parcels", token) as http, http.post("/parcels/p-1", json={"destination": "lisbon"}) as r:
+        assert r.status == 202 and (await r.json())["booked_by"] == "tester"
     await mesh.handled("parcels-group")  # both topics it reads, the shipment its own handler published included
     [booked] = mesh.published("parcels", ParcelBooked)
     [shipped] = mesh.published("shipments", ParcelShipped)
@@ -51,12 +50,11 @@ async def test_routes_need_a_token_with_their_scope(mesh_for: MeshFactory) -> No
 
 async def test_machine_tokens_and_declared_users(mesh_for: MeshFactory) -> None:
     mesh = await mesh_for(CONFIG, users=["ada", "bob"], clients=["sorter"])
-    async with mesh.client("parcels", await mesh.machine_token("sorter", scope="parcels.write")) as http:
-        async with http.post("/parcels/m-1", json={"destination": "faro"}) as response:
-            assert response.status == 202 and (await response.json())["booked_by"] == "sorter"
-    async with mesh.client("parcels", await mesh.token("bob")) as http:
-        async with http.post("/parcels/m-2", json={"destination": "faro"}) as response:
-            assert response.status == 202 and (await response.json())["booked_by"] == "bob"
+    machine, bob = await mesh.machine_token("sorter", scope="parcels.write"), await mesh.token("bob")
+    for token, parcel, booked_by in ((machine, "m-1", "sorter"), (bob, "m-2", "bob")):
+        async with mesh.client("parcels", token) as http, http.post(f"/parcels/{parcel}",
+                                                                    json={"destination": "faro"}) as response:
+            assert response.status == 202 and (await response.json())["booked_by"] == booked_by
     assert sorted(p.booked_by for p in mesh.published("parcels", ParcelBooked)) == ["bob", "sorter"]
     with pytest.raises(UndeclaredIdentity, match=r"user 'eve' is not one the harness declared \(declared: ada, bob\)"):
         await mesh.token("eve")
