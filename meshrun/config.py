@@ -92,7 +92,7 @@ class MeshConfig:
         return Path(self.file).resolve().parent
 
     def with_transport(self, transport: str) -> "MeshConfig":
-        if transport not in installed_transports():
+        if transport not in TRANSPORTS and transport not in installed_transports():
             raise ConfigError(self.file, [f"unknown transport {transport!r} (expected {_one_of(installed_transports())})"])
         return replace(self, transport=transport)
 
@@ -182,7 +182,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
 
     mesh = root.table("mesh")
     transport = mesh.get("transport", str, "memory")
-    if transport not in installed_transports():
+    if transport not in TRANSPORTS and transport not in installed_transports():  # metadata read only if needed
         problems.append(f"mesh.transport: unknown transport {transport!r} (expected {_one_of(installed_transports())})")
     host = mesh.get("host", str, "127.0.0.1")
     issuer = mesh.get("issuer", str, None)
@@ -208,8 +208,9 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
             options[option] = value
     kafka_table.finish()
     # The table of another installed transport is that transport's to read (Transport.from_config).
+    others = set(transport_table.data) - set(TRANSPORTS)
     plugin_tables = {name: transport_table.table(name).data for name in installed_transports()
-                     if name not in TRANSPORTS and isinstance(transport_table.data.get(name), dict)}
+                     if name in others and isinstance(transport_table.data.get(name), dict)} if others else {}
     transport_table.finish()
     bootstrap = options.pop("bootstrap_servers", "127.0.0.1:9092")
 

@@ -10,7 +10,6 @@ and a `[transport.mytransport]` table in services.toml configures it (see `Trans
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from meshrun.errors import MeshrunError
@@ -29,11 +28,16 @@ class UnknownTransport(MeshrunError):
 
 def transport_names() -> list[str]:
     """The transports installed, by name."""
+    # Imported when asked: reading package metadata costs a process start tens of milliseconds.
+    from importlib.metadata import entry_points
+
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def transport_class(name: str) -> "type[Transport]":
     """The class of the transport registered as `name`."""
+    from importlib.metadata import entry_points
+
     from meshrun.transport.base import Transport
 
     found = entry_points(group=ENTRY_POINT_GROUP, name=name)
