@@ -101,13 +101,15 @@ def up(config_path: str, transport: str | None, only: str | None, exclude: str |
        log_level: str | None, ready_timeout: float, workers: int) -> None:
     """Start the services of services.toml and run until Ctrl-C or SIGTERM."""
     from meshrun.runtime import Mesh
+    from meshrun.transport.registry import transport_class
 
     try:
         config = _load(config_path, transport)
         names = select(config, _names(only), _names(exclude))
-        if workers > 1 and config.transport != "kafka":
-            raise MeshrunError("--workers needs the Kafka transport: the in-memory transport lives inside one "
-                               "process, so workers would not see each other's events")
+        if workers > 1 and transport_class(config.transport).in_process:
+            raise MeshrunError(f"--workers needs a transport that crosses processes, such as kafka: the "
+                               f"{config.transport} transport lives inside one process, so workers would not see "
+                               "each other's events")
     except MeshrunError as exc:
         fail(exc)
     if workers > 1:
@@ -139,7 +141,7 @@ def up(config_path: str, transport: str | None, only: str | None, exclude: str |
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        if config.transport == "memory" and len(names) < len(config.services):
+        if mesh.transport.in_process and len(names) < len(config.services):
             mesh.log.warning("memory_transport_is_per_process",
                              hint="events do not cross processes; use --transport kafka to split a mesh")
         await mesh.run(stop, ready_timeout)
