@@ -53,6 +53,9 @@ class ServiceConfig:
     replicas: int = 1
     start_from: StartFrom = "earliest"
     audience: str | None = None
+    # The access-token profiles its guard accepts (meshrun.auth.verify.PROFILE_TYPES): RFC 9068's at+jwt, or
+    # "JWT" for plain JWTs such as Spring Authorization Server's.
+    token_typ: tuple[str, ...] = ("at+jwt",)
     retry: RetryConfig = field(default_factory=RetryConfig)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -150,6 +153,21 @@ class _Table:
     def finish(self) -> None:
         for extra in sorted(set(self.data) - self.seen):
             self.problems.append(f"{self.key(extra)}: unknown key")
+
+
+TOKEN_TYPS = ("at+jwt", "JWT")
+
+
+def _token_typ(s: _Table) -> tuple[str, ...]:
+    """`token_typ = "JWT"` or a list of profiles: which access tokens the service's guard accepts."""
+    value = s.get("token_typ", (str, list), "at+jwt")
+    values = [value] if isinstance(value, str) else value
+    wrong = [v for v in values if v not in TOKEN_TYPS]
+    if wrong or not values:
+        s.problems.append(f"{s.key('token_typ')}: {wrong[0] if wrong else value!r} is not one of "
+                          f"{', '.join(TOKEN_TYPS)} (or a list of them)")
+        return ("at+jwt",)
+    return tuple(dict.fromkeys(values))
 
 
 def installed_transports() -> list[str]:
@@ -271,6 +289,7 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
             replicas=s.positive("replicas", 1),
             start_from=cast(StartFrom, s.choice("start_from", START_FROM, "earliest")),
             audience=s.get("audience", str, None),
+            token_typ=_token_typ(s),
             retry=retry,
             settings=settings,
         )

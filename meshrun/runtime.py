@@ -112,7 +112,8 @@ class Mesh:
                     from meshrun.auth.guard import BearerGuard
 
                     ctx.guard = BearerGuard(issuer=ctx.issuer, audience=ls.config.audience or ls.name,
-                                            session=_session_of(ctx), allow_cleartext=self.config.trust_proxy_tls)
+                                            session=_session_of(ctx), allow_cleartext=self.config.trust_proxy_tls,
+                                            token_typ=ls.config.token_typ)
                 for hook in ls.service.on_start:
                     await hook(ctx)
                 if ls.config.port is not None:

@@ -13,7 +13,13 @@ from aiohttp import web
 
 from meshrun.auth.claims import Claims
 from meshrun.auth.jwks import JwksCache, JwksUnavailable
-from meshrun.auth.verify import InsufficientScope, InvalidToken, TokenVerifier, UnknownSigningKey
+from meshrun.auth.verify import (
+    DEFAULT_PROFILES,
+    InsufficientScope,
+    InvalidToken,
+    TokenVerifier,
+    UnknownSigningKey,
+)
 
 __all__ = ["BearerGuard", "Claims"]
 
@@ -30,6 +36,9 @@ def _quoted(text: str) -> str:
 class BearerGuard:
     """Verifies bearer tokens for one audience against the issuer's JWKS (fetched, cached, refreshed).
 
+    `token_typ` names the token profiles accepted: ("at+jwt",) unless the service declares others (("JWT",)
+    behind Spring Authorization Server, whose tokens carry no typ).
+
     `authorize` is the HTTP face (raises aiohttp 401/403 with RFC 6750 headers and a JSON body); `verify` is the
     same check without aiohttp, for unit tests and benchmarks. Tokens are remembered once verified (see
     TokenVerifier), so a repeated token costs microseconds.
@@ -37,10 +46,12 @@ class BearerGuard:
 
     def __init__(self, issuer: str, audience: str, session: Callable[[], aiohttp.ClientSession], *,
                  clock: Callable[[], float] = time.time, leeway: float = 5.0, cache_size: int = 10_000,
-                 refetch_interval: float = 5.0, allow_cleartext: bool = False) -> None:
+                 refetch_interval: float = 5.0, allow_cleartext: bool = False,
+                 token_typ: tuple[str, ...] = DEFAULT_PROFILES) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
-        self.verifier = TokenVerifier(self.issuer, audience, clock=clock, leeway=leeway, cache_size=cache_size)
+        self.verifier = TokenVerifier(self.issuer, audience, clock=clock, leeway=leeway, cache_size=cache_size,
+                                      token_typ=token_typ)
         self.jwks = JwksCache(self.issuer, session, self.verifier.set_keys, refetch_interval=refetch_interval,
                               allow_cleartext=allow_cleartext)
         self._realm = f'Bearer realm="{_quoted(audience)}"'

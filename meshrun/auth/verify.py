@@ -25,6 +25,15 @@ EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 # A key never carries its own trust: tokens naming a key or a place to fetch one are refused outright (RFC 8725 §3.10).
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# The `typ` values each token profile a resource server can accept stands for (compared without case, RFC 7515
+# §4.1.9). "JWT" is what Spring Security's default decoder and Spring Authorization Server use: `typ: JWT` or no
+# typ at all (SAS writes none). A profile is accepted only where it is named, so an at+jwt-only service never
+# takes a JWT of another kind (an ID token, say) for an access token.
+PROFILE_TYPES: dict[str, frozenset[str | None]] = {
+    "at+jwt": frozenset(ACCESS_TOKEN_TYPES),
+    "JWT": frozenset({"jwt", "application/jwt", None}),
+}
+DEFAULT_PROFILES = ("at+jwt",)
 MAX_TOKEN_BYTES = 4096  # ours are under 1 KB; aiohttp refuses header lines over 8190 bytes anyway
 MAX_HEADER_BYTES = 1024
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -158,13 +167,19 @@ class TokenVerifier:
     An entry is used only until the token's `exp` (plus the same leeway as a full check), and is dropped as soon as
     its signing key leaves the key set, so the cache never accepts what a full verification would refuse.
     `audience=None` skips the audience check: only the issuer's own introspection does that.
+    `token_typ` names the profiles accepted (`PROFILE_TYPES`): RFC 9068's at+jwt unless told otherwise.
     """
 
     def __init__(self, issuer: str, audience: str | None, *, leeway: float = 5.0,
                  clock: Callable[[], float] = time.time, cache_size: int = 10_000,
-                 max_token_bytes: int = MAX_TOKEN_BYTES) -> None:
+                 max_token_bytes: int = MAX_TOKEN_BYTES, token_typ: tuple[str, ...] = DEFAULT_PROFILES) -> None:
+        unknown = [p for p in token_typ if p not in PROFILE_TYPES]
+        if unknown or not token_typ:
+            raise ValueError(f"token_typ {list(token_typ)!r}: expected one or more of {', '.join(PROFILE_TYPES)}")
         self.issuer = issuer
         self.audience = audience
+        self.token_typ = token_typ
+        self._types: frozenset[str | None] = frozenset().union(*(PROFILE_TYPES[p] for p in token_typ))
         self.leeway = leeway
         self.clock = clock
         self.cache_size = cache_size
@@ -217,9 +232,8 @@ class TokenVerifier:
         if "crit" in header:
             raise InvalidToken("token header has critical extensions (crit), which this verifier does not know")
         typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
-            raise InvalidToken(f"token typ is {_shown(typ)}, expected 'at+jwt' (an RFC 9068 access token, not an "
-                               "ID token or another JWT)")
+        if (typ.lower() if isinstance(typ, str) else typ) not in self._types:
+            raise InvalidToken(self._typ_refused(typ))
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise InvalidToken("token header has no kid, so no key of the issuer can verify it")
@@ -234,14 +248,23 @@ class TokenVerifier:
             payload = jws.deserialize_compact(token, key.key, algorithms=[key.alg]).payload
         except JoseError:
             raise InvalidToken(f"token signature does not verify with the issuer's key {_shown(kid)}") from None
-        claims = self._check_claims(_json_object(payload, "payload"))
+        rfc9068 = isinstance(typ, str) and typ.lower() in ACCESS_TOKEN_TYPES
+        claims = self._check_claims(_json_object(payload, "payload"), rfc9068=rfc9068)
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:
                 self._evict()
             self._cache[token] = (claims, claims.exp + self.leeway, kid)
         return claims
 
-    def _check_claims(self, raw: dict[str, Any]) -> Claims:
+    def _typ_refused(self, typ: Any) -> str:
+        if self.token_typ == DEFAULT_PROFILES:
+            return (f"token typ is {_shown(typ)}, expected 'at+jwt' (an RFC 9068 access token, not an ID token or "
+                    "another JWT; a service that takes plain JWTs declares token_typ = [\"JWT\"])")
+        return f"token typ is {_shown(typ)}, not one this service accepts (token_typ: {', '.join(self.token_typ)})"
+
+    def _check_claims(self, raw: dict[str, Any], *, rfc9068: bool = True) -> Claims:
+        """The claims, checked; a plain JWT (`rfc9068=False`, e.g. from Spring Authorization Server) may leave out
+        client_id and write scope as a JSON array of strings, as SAS does."""
         if raw.get("iss") != self.issuer:
             raise InvalidToken(f"token issuer {_shown(raw.get('iss'))} is not the issuer this service trusts "
                                f"({self.issuer})")
@@ -264,14 +287,21 @@ class TokenVerifier:
         iat = raw.get("iat")
         if not _number(iat) or iat > now + self.leeway:
             raise InvalidToken("token iat (issued-at) is missing or in the future; check the issuer's clock")
-        for name in ("sub", "client_id", "jti"):
+        for name in ("sub", "client_id", "jti") if rfc9068 else ("sub", "jti"):
             if not isinstance(raw.get(name), str) or not raw[name]:
                 raise InvalidToken(f"token has no {name} claim, which RFC 9068 access tokens carry")
         scope = raw.get("scope", "")
-        if not isinstance(scope, str):
+        if isinstance(scope, str):
+            scopes = frozenset(scope.split())
+        elif not rfc9068 and isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = frozenset(scope)
+        else:
             raise InvalidToken("token scope claim is not a space-separated string")
-        return Claims(sub=raw["sub"], client_id=raw["client_id"], scope=frozenset(scope.split()),
-                      aud=audiences, exp=int(exp), jti=raw["jti"], raw=raw)
+        client_id = raw.get("client_id") if rfc9068 else raw.get("client_id", raw.get("azp", ""))
+        if not isinstance(client_id, str):
+            raise InvalidToken("token client_id claim is not a string")
+        return Claims(sub=raw["sub"], client_id=client_id, scope=scopes, aud=audiences, exp=int(exp),
+                      jti=raw["jti"], raw=raw)
 
     def _evict(self) -> None:
         """Drop expired entries; if that frees too little, the oldest tenth, so a full cache costs O(1) amortised."""

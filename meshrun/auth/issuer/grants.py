@@ -14,7 +14,7 @@ from meshrun.auth.issuer.errors import invalid_grant, invalid_request, unauthori
 from meshrun.auth.issuer.params import Params
 from meshrun.auth.issuer.redirect_uris import character_problem, redirect_uri_matches
 from meshrun.auth.issuer.refresh import RefreshReplayed
-from meshrun.auth.issuer.scopes import requested_audiences, requested_scope
+from meshrun.auth.issuer.scopes import requested_audiences, requested_scope, token_typ
 from meshrun.auth.issuer.settings import GRANT_TYPES, REFUSED_GRANTS, Client
 from meshrun.auth.issuer.tokens import IssuedToken
 
@@ -51,7 +51,7 @@ def client_credentials(server: AuthorizationServer, client: Client, params: Para
     scope = requested_scope(client, params.get("scope"))
     audiences = requested_audiences(client, params.getall("resource"), client.audiences)
     issued = server.tokens.mint(sub=client.client_id, client_id=client.client_id, scope=scope,
-                                audiences=audiences, now=now)
+                                audiences=audiences, now=now, typ=token_typ(server.settings, audiences))
     return token_body(issued, server.tokens.ttl)
 
 
@@ -83,7 +83,8 @@ def authorization_code(server: AuthorizationServer, client: Client, params: Para
         raise invalid_grant("code_verifier sent, but the authorization request had no code_challenge")
     audiences = requested_audiences(client, params.getall("resource"), code.audiences)
     issued = server.tokens.mint(sub=code.username, client_id=client.client_id, scope=code.scope,
-                                audiences=audiences, now=now, auth_time=code.auth_time)
+                                audiences=audiences, now=now, auth_time=code.auth_time,
+                                typ=token_typ(server.settings, audiences))
     code.access_jtis[issued.jti] = issued.exp
     refresh = None
     if "refresh_token" in client.grant_types:
@@ -103,12 +104,13 @@ def refresh_token(server: AuthorizationServer, client: Client, params: Params, n
         # RFC 6749 §6: a narrower scope may be asked for; the family keeps the scope of the login.
         scope = requested_scope(client, params.get("scope"), known.scope)
         audiences = requested_audiences(client, params.getall("resource"), known.audiences)
+        typ = token_typ(server.settings, audiences)
     try:
         new, family = server.refresh.rotate(value, client.client_id, now)
     except RefreshReplayed as exc:
         server.revoke_family(exc.family, now)
         raise
     issued = server.tokens.mint(sub=family.username, client_id=client.client_id, scope=scope,
-                                audiences=audiences, now=now, auth_time=family.auth_time)
+                                audiences=audiences, now=now, auth_time=family.auth_time, typ=typ)
     family.access_jtis[issued.jti] = issued.exp
     return token_body(issued, server.tokens.ttl, new)

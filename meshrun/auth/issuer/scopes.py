@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from meshrun.auth.claims import format_scope, parse_scope
 from meshrun.auth.issuer.errors import invalid_scope, invalid_target
-from meshrun.auth.issuer.settings import Client
+from meshrun.auth.issuer.settings import AuthSettings, Client
 
 
 def requested_scope(client: Client, requested: str | None, allowed: frozenset[str] | None = None) -> frozenset[str]:
@@ -34,3 +34,17 @@ def requested_audiences(client: Client, resources: list[str], allowed: tuple[str
         raise invalid_target(f"resource {unknown[0]!r} is not an audience client {client.client_id!r} may get "
                              f"tokens for (allowed: {', '.join(allowed)})")
     return tuple(dict.fromkeys(resources))
+
+
+def token_typ(settings: AuthSettings, audiences: tuple[str, ...]) -> str:
+    """The one `typ` a token for `audiences` can carry; invalid_target if their declared profiles differ.
+
+    One token cannot be both: an at+jwt token is refused by a `JWT` consumer, and a `JWT` token must not reach a
+    resource server that counts on at+jwt to tell access tokens from other JWTs.
+    """
+    profiles = {audience: settings.token_typ(audience) for audience in audiences}
+    if len(set(profiles.values())) > 1:
+        described = ", ".join(f"{audience!r} ({typ})" for audience, typ in profiles.items())
+        raise invalid_target(f"the audiences {described} take tokens of different types (resource_servers."
+                             "token_typ): ask for them in separate requests, with one `resource` each")
+    return next(iter(profiles.values()), "at+jwt")

@@ -25,12 +25,15 @@ from meshrun.auth.issuer.identities import (
 from meshrun.auth.keys import DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS
 from meshrun.errors import SettingsError
 
-__all__ = ["GRANT_TYPES", "REFUSED_GRANTS", "AuthSettings", "Client", "ThrottleSettings", "User", "parse_settings",
-           "with_identities_file"]
+__all__ = ["GRANT_TYPES", "REFUSED_GRANTS", "TOKEN_PROFILES", "AuthSettings", "Client", "ResourceServer",
+           "ThrottleSettings", "User", "parse_settings", "with_identities_file"]
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A rotated-in key starts signing this long after the JWKS max-age: resource servers have refetched by then.
 ACTIVATION_MARGIN = 60
+# The access-token header `typ` per resource server: RFC 9068's by default; plain JWT for consumers that refuse
+# at+jwt (Spring Security's default JwtDecoder accepts only `JWT` or no typ, and no property changes that).
+TOKEN_PROFILES = ("at+jwt", "JWT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,14 @@ class ThrottleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceServer:
+    """A resource server (an audience) declared with the `typ` its access tokens carry."""
+
+    audience: str
+    token_typ: str = "at+jwt"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     keys_dir: str = "keys"
     signing_alg: str = DEFAULT_SIGNING_ALGORITHM
@@ -62,12 +73,21 @@ class AuthSettings:
     identities_file: str | None = None
     trusted_proxies: tuple[IpNetwork, ...] = ()  # whose X-Forwarded-For names the client's address
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    resource_servers: tuple[ResourceServer, ...] = ()
     users: tuple[User, ...] = ()
     clients: tuple[Client, ...] = ()
 
+    def token_typ(self, audience: str) -> str:
+        """The `typ` of access tokens for `audience`: its declared profile, else at+jwt."""
+        for server in self.resource_servers:
+            if server.audience == audience:
+                return server.token_typ
+        return TOKEN_PROFILES[0]
+
 
 KNOWN = {"keys_dir", "signing_alg", "access_token_ttl", "authorization_code_ttl", "refresh_token_ttl", "jwks_max_age",
-         "key_activation_delay", "identities_file", "trusted_proxies", "throttle", "users", "clients"}
+         "key_activation_delay", "identities_file", "trusted_proxies", "throttle", "resource_servers", "users",
+         "clients"}
 
 
 def _positive(table: dict[str, Any], name: str, key: str, problems: Problems, default: Any, kind: type = int,
@@ -109,6 +129,7 @@ def parse_settings(table: dict[str, Any], path: str, *, need_secrets: bool = Tru
         identities_file=typed(table, "identities_file", str, path, problems, None),
         trusted_proxies=_networks(table, f"{path}", problems),
         throttle=_throttle(table, f"{path}.throttle", problems),
+        resource_servers=_resource_servers(table, f"{path}.resource_servers", problems),
         users=tuple(users), clients=tuple(clients),
     )
     if problems:
@@ -124,6 +145,30 @@ def _networks(table: dict[str, Any], path: str, problems: Problems) -> tuple[IpN
         except ValueError:
             problems.fail(f"{path}.trusted_proxies", f"{value!r} is not an IP address or network (10.0.0.0/8)")
     return tuple(networks)
+
+
+def _resource_servers(settings: dict[str, Any], path: str, problems: Problems) -> tuple[ResourceServer, ...]:
+    tables = settings.get("resource_servers", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.fail(path, "expected [[resource_servers]] tables, each with `audience` and `token_typ`")
+        return ()
+    servers: dict[str, ResourceServer] = {}
+    for index, table in enumerate(tables):
+        key = f"{path}[{index}]"
+        for extra in sorted(set(table) - {"audience", "token_typ"}):
+            problems.fail(f"{key}.{extra}", "unknown key (known: audience, token_typ)")
+        audience = typed(table, "audience", str, key, problems, "")
+        typ = typed(table, "token_typ", str, key, problems, TOKEN_PROFILES[0])
+        if not audience:
+            problems.fail(f"{key}.audience", "required: the `aud` value the resource server checks (e.g. \"orders\")")
+        elif audience in servers:
+            problems.fail(f"{key}.audience", f"{audience!r} is declared twice")
+        if typ not in TOKEN_PROFILES:
+            problems.fail(f"{key}.token_typ", f"{typ!r} is not one of {', '.join(TOKEN_PROFILES)} (\"JWT\" for Spring "
+                                              "Security's default decoder)")
+        elif audience:
+            servers[audience] = ResourceServer(audience, typ)
+    return tuple(servers.values())
 
 
 def _throttle(settings: dict[str, Any], path: str, problems: Problems) -> ThrottleSettings:

@@ -37,8 +37,10 @@ class AccessTokens:
         self._published: list[str] = []
 
     def mint(self, *, sub: str, client_id: str, scope: frozenset[str], audiences: tuple[str, ...], now: float,
-             auth_time: int | None = None) -> IssuedToken:
-        """RFC 9068 §2: header typ at+jwt and kid; claims iss, sub, aud, exp, iat, jti, client_id, scope."""
+             auth_time: int | None = None, typ: str = "at+jwt") -> IssuedToken:
+        """RFC 9068 §2: header typ at+jwt and kid; claims iss, sub, aud, exp, iat, jti, client_id, scope.
+
+        `typ` is the audiences' profile: "JWT" changes the header only, the claims stay RFC 9068's."""
         iat = int(now)
         jti = secrets.token_urlsafe(16)
         claims: dict[str, object] = {
@@ -54,7 +56,7 @@ class AccessTokens:
             claims["scope"] = format_scope(scope)
         if auth_time is not None:
             claims["auth_time"] = auth_time
-        token = self.keys.signing_key(now).sign({"typ": "at+jwt"}, claims)
+        token = self.keys.signing_key(now).sign({"typ": typ}, claims)
         return IssuedToken(token, jti, iat + self.ttl, scope)
 
     def check(self, token: str) -> Claims | None:
