@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+from tests.kafka.test_broker_outage import bindable as _bindable
+from tests.kafka.test_broker_outage import ephemeral_range as _ephemeral_range
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka"
 NODES = 3
@@ -38,23 +40,6 @@ def cluster_base_port() -> int:
     candidates = list(range(max(1024, low - 12_000), low - CONTROLLER_OFFSET - NODES))
     random.shuffle(candidates)
     return next(p for p in candidates if all(_bindable(q) for q in cluster_ports(p)))
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default; other systems start theirs higher
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class ScriptFailed(AssertionError):

@@ -36,7 +36,7 @@ class Broker:
     """A broker of our own, driven through scripts/kafka."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.port = port_pair_outside_ephemeral_range()
+        self.port = port_pair_outsideephemeral_range()
         self.env = {**os.environ, "MESHRUN_KAFKA_DIR": str(data_dir)}
 
     async def start_on_a_free_port(self, attempts: int = 3) -> None:
@@ -48,7 +48,7 @@ class Broker:
             if "Address already in use" not in result.stderr or attempt == attempts - 1:
                 break
             await self._script("stop", "--wipe")
-            self.port = port_pair_outside_ephemeral_range()
+            self.port = port_pair_outsideephemeral_range()
         raise AssertionError(f"scripts/kafka start failed:\n{result.stdout}\n{result.stderr}")
 
     async def run(self, *args: str) -> None:
@@ -64,20 +64,20 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-def port_pair_outside_ephemeral_range() -> int:
+def port_pair_outsideephemeral_range() -> int:
     """A port N with N + 1 (the controller's) both free, below the kernel's range for outgoing connections.
 
     The broker binds its ports seconds after they were chosen, and binds them again after a restart. A port from
     the ephemeral range (what binding port 0 returns) can meanwhile become the local end of some outgoing
     connection, the broker's own included, and the start fails with "Address already in use".
     """
-    low = _ephemeral_range()[0]
+    low = ephemeral_range()[0]
     candidates = list(range(max(1024, low - 12_000), low - 2, 2))
     random.shuffle(candidates)
-    return next(p for p in candidates if _bindable(p) and _bindable(p + 1))
+    return next(p for p in candidates if bindable(p) and bindable(p + 1))
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
         return int(low), int(high)
@@ -85,7 +85,7 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default; other systems start theirs higher
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
