@@ -136,11 +136,11 @@ async def test_a_broker_restart_delays_work_without_losing_it(own_broker: Broker
 
 
 
-def _mesh_config(tmp_path: Path, ports: Any, broker: Broker, grace: float) -> Path:
+def _mesh_config(tmp_path: Path, ports: Any, broker: Broker, grace: float, publish_timeout: float = 2.0) -> Path:
     """The shipped pipeline on the test's broker: free ports, unique groups, publish_timeout 2 s."""
     data = pipeline_data(tmp_path, ports, transport="kafka", suffix="-" + unique("g"))
     data["mesh"]["grace_period"] = grace
-    data["transport"]["kafka"] = {"bootstrap_servers": broker.bootstrap, "publish_timeout": 2.0,
+    data["transport"]["kafka"] = {"bootstrap_servers": broker.bootstrap, "publish_timeout": publish_timeout,
                                   "heartbeat_interval_ms": 200, "session_timeout_ms": 6000}
     return write_toml(tmp_path / "services.toml", data)
 
@@ -194,16 +194,26 @@ async def test_an_order_during_an_outage_is_refused_with_retry_after_and_sigterm
 
 
 async def test_a_second_sigterm_exits_at_once(own_broker: Broker, tmp_path: Path, ports: Any) -> None:
-    config = _mesh_config(tmp_path, ports, own_broker, grace=60.0)
-    mesh = await _start_mesh(tmp_path, config, "billing")
+    # An order in flight while the broker is away holds the graceful stop (its request may finish for up to
+    # grace_period, its publish waits publish_timeout): only the second signal can end it early.
+    config = _mesh_config(tmp_path, ports, own_broker, grace=60.0, publish_timeout=60.0)
+    mesh = await _start_mesh(tmp_path, config, "auth,orders")
+    token = await user_token(f"http://127.0.0.1:{ports['auth']}")
+    body = {"items": [{"sku": "BOOK-1", "quantity": 1, "unit_price": 100}], "currency": "EUR"}
     try:
         await own_broker.run("stop")
-        assert mesh.proc is not None
-        mesh.proc.send_signal(signal.SIGTERM)
-        await eventually(lambda: any(e.get("event") == "mesh_stopping" for e in mesh.events()),
-                         what="the first SIGTERM to start a graceful stop")
-        mesh.proc.send_signal(signal.SIGTERM)
-        assert await _exit_code_within(mesh, 5.0) == 130
-        assert any(e.get("event") == "mesh_stopped_at_second_signal" for e in mesh.events())
+        async with aiohttp.ClientSession() as http:
+            in_flight = asyncio.create_task(post_order(http, f"http://127.0.0.1:{ports['orders']}", "held", token,
+                                                       body))
+            await asyncio.sleep(0.5)  # let the request reach the publish; nothing logs that moment to wait on
+            assert mesh.proc is not None
+            mesh.proc.send_signal(signal.SIGTERM)
+            await eventually(lambda: any(e.get("event") == "mesh_stopping" for e in mesh.events()),
+                             what="the first SIGTERM to start a graceful stop")
+            mesh.proc.send_signal(signal.SIGTERM)
+            assert await _exit_code_within(mesh, 5.0) == 130
+            assert any(e.get("event") == "mesh_stopped_at_second_signal" for e in mesh.events())
+            in_flight.cancel()
+            await asyncio.gather(in_flight, return_exceptions=True)
     finally:
         mesh.kill()
