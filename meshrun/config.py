@@ -12,6 +12,8 @@ from typing import Any, Literal, cast
 
 from meshrun.errors import ConfigError
 from meshrun.tls import cleartext_problem
+from meshrun.state.base import DEFAULT_STATE_TTL
+from meshrun.state.url import DEFAULT_STATE, check_state_url
 
 TRANSPORTS = ("memory", "kafka")  # meshrun's own; other distributions may install more (meshrun.transport.registry)
 LOG_FORMATS = ("console", "json")
@@ -81,6 +83,8 @@ class MeshConfig:
     trust_proxy_tls: bool = False  # a proxy or sidecar encrypts the traffic: plain http beyond loopback is allowed
     admin_port: int | None = None
     grace_period: float = 10.0
+    state: str = DEFAULT_STATE  # where services keep what must survive a restart (meshrun.state.url)
+    state_ttl: float = DEFAULT_STATE_TTL  # seconds idempotency keys are kept
     log_level: str = "info"
     log_format: str = "console"
     services: dict[str, ServiceConfig] = field(default_factory=dict)
@@ -207,6 +211,8 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
     trust_proxy_tls = mesh.get("trust_proxy_tls", bool, False)
     admin_port = mesh.get("admin_port", int, None)
     grace = mesh.positive("grace_period", 10.0, float)
+    state = mesh.get("state", str, DEFAULT_STATE)
+    state_ttl = mesh.positive("state_ttl", DEFAULT_STATE_TTL, float)
     log_level = mesh.choice("log_level", ("debug", "info", "warning", "error"), "info")
     log_format = mesh.choice("log_format", LOG_FORMATS, "console")
     mesh.finish()
@@ -306,6 +312,8 @@ def parse_config(data: dict[str, Any], file: str = "services.toml") -> MeshConfi
         trust_proxy_tls=trust_proxy_tls,
         admin_port=admin_port,
         grace_period=grace,
+        state=state,
+        state_ttl=state_ttl,
         log_level=log_level,
         log_format=log_format,
         services=services,
@@ -337,7 +345,13 @@ def _check_issuer_tls(config: MeshConfig, problems: list[str]) -> None:
 
 
 def _apply_env(config: MeshConfig, problems: list[str]) -> MeshConfig:
-    """Environment overrides for what differs between machines: the broker and its credentials."""
+    """Environment overrides for what differs between machines: the broker and its credentials, the state store."""
+    state = os.environ.get("MESHRUN_STATE") or config.state
+    problem = check_state_url(state)
+    if problem:
+        where = "env MESHRUN_STATE" if os.environ.get("MESHRUN_STATE") else "mesh.state"
+        problems.append(f"{where}: {problem}")
+    config = replace(config, state=state)
     options = dict(config.kafka.options)
     bootstrap = config.kafka.bootstrap_servers
     for option, kind in kafka_option_types().items():

@@ -13,6 +13,7 @@ from meshrun.config import MeshConfig, ServiceConfig
 from meshrun.errors import TransportStateError
 from meshrun.events import Event, encode, transport_headers
 from meshrun.service_state import ServiceState
+from meshrun.state.base import StateSpace
 from meshrun.transport.base import Headers, Record, RecordMetadata, Transport
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ class ServiceContext:
     """One running service: configuration, logger, transport access and shared clients."""
 
     def __init__(self, config: ServiceConfig, mesh: MeshConfig, settings: Any, log: Any,
-                 transport: Transport) -> None:
+                 transport: Transport, store: StateSpace | None = None) -> None:
         self.name = config.name
         self.config = config
         self.mesh = mesh
@@ -31,6 +32,8 @@ class ServiceContext:
         self.log = log
         self.transport = transport
         self.state = ServiceState()  # what the service keeps between calls, by typed StateKey
+        # What it keeps across restarts ([mesh] state); a context built outside a Mesh keeps it in memory.
+        self.store = store if store is not None else _memory_space(config.name)
         self.guard: BearerGuard | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -69,6 +72,12 @@ class ServiceContext:
     async def close(self) -> None:
         if self._http is not None and not self._http.closed:
             await self._http.close()
+
+
+def _memory_space(name: str) -> StateSpace:
+    from meshrun.state.memory import MemoryStore
+
+    return MemoryStore.space_of_its_own(name)
 
 
 def _record_of(event: Event | bytes, key: str | bytes | None, headers: Headers) -> tuple[bytes, bytes | None, Headers]:

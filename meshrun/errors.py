@@ -75,6 +75,20 @@ class TransportUnavailable(MeshrunError):
     retry_after: float = 1.0
 
 
+class StateError(MeshrunError):
+    """The state store (`[mesh] state`) cannot be used as configured: says which URL and what to do."""
+
+
+class StateUnavailable(StateError):
+    """The state store cannot be read or written now (database down, file locked or read-only). What a handler
+    was doing is retried without limit, never dead-lettered; an HTTP route answers 503 with Retry-After."""
+
+    def __init__(self, url: str, detail: str, retry_after: float = 1.0) -> None:
+        self.url = url
+        self.retry_after = retry_after
+        super().__init__(f"state store {url} is unavailable ({detail})")
+
+
 class Backpressure(TransportUnavailable):
     """A publish waited too long for slow consumers to make room in a bounded in-memory partition."""
 

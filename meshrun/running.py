@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from meshrun.context import ServiceContext
+from meshrun.errors import MeshrunError
 from meshrun.registry import LoadedService
 from meshrun.transport.base import Subscription, SubscriptionState
 
@@ -22,6 +23,10 @@ class RunningService:
     async def problems(self) -> list[str]:
         found = [s.problem or f"consumer of {s.topic} has not joined {s.group}" for s in self.subscriptions
                  if s.state is not SubscriptionState.ASSIGNED or s.problem]
+        try:
+            await self.ctx.store.store.check()
+        except MeshrunError as exc:
+            found.append(str(exc))
         if self.ctx.guard is not None:
             problem = await self.ctx.guard.ready()
             if problem:

@@ -27,6 +27,9 @@ from meshrun.logs import (
 )
 from meshrun.registry import LoadedService, load_services
 from meshrun.running import RunningService
+from meshrun.state.base import Store, space_name
+from meshrun.state.expiry import purge_expired_state
+from meshrun.state.url import store_for
 from meshrun.transport import create_transport
 from meshrun.transport.base import (
     BatchHandler,
@@ -46,12 +49,17 @@ class Mesh:
     """The services of one process, sharing one transport and one event loop."""
 
     def __init__(self, config: MeshConfig, names: list[str] | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, store: Store | None = None) -> None:
         self.config = config
         self.names = names if names is not None else list(config.services)
         # A transport handed in is shared with other meshes (tests, embedding): its owner stops it.
         self.owns_transport = transport is None
         self.transport = transport or create_transport(config)
+        # A store handed in is shared with other meshes (two auth processes in a test): its owner closes it.
+        self.owns_store = store is None
+        self.store = store or store_for(config.state, config.base_dir)
+        self._store_open = False
+        self._purging: asyncio.Task[None] | None = None
         self.services: dict[str, RunningService] = {}
         self.decoded = DecodedEvents()
         self.log = mesh_logger()
@@ -97,16 +105,22 @@ class Mesh:
         """Start the transport, then every service: HTTP first (others depend on it), then its consumers."""
         self.started_at = time.perf_counter()
         loaded = load_services(self.config, self.names)
-        if self.owns_transport:
-            await self.transport.start()
-        self._transport_started = True
-        needed = self.topics_needed(loaded)
-        await self.transport.ensure_topics(needed)
-        self.decoded.shared_topics = self.shared_topics(loaded)
-        self.decoded.capacity = self.decode_cache_size(self.decoded.shared_topics)
+        if self.owns_store:
+            await self.store.open()
+        self._store_open = True
         try:
             for ls in loaded:
-                ctx = ServiceContext(ls.config, self.config, ls.settings, service_logger(ls.name), self.transport)
+                await self.store.open_space(space_name(ls.name))
+            if self.owns_transport:
+                await self.transport.start()
+            self._transport_started = True
+            needed = self.topics_needed(loaded)
+            await self.transport.ensure_topics(needed)
+            self.decoded.shared_topics = self.shared_topics(loaded)
+            self.decoded.capacity = self.decode_cache_size(self.decoded.shared_topics)
+            for ls in loaded:
+                ctx = ServiceContext(ls.config, self.config, ls.settings, service_logger(ls.name), self.transport,
+                                     self.store.space(ls.name))
                 running = self.services[ls.name] = RunningService(ls, ctx)
                 if any(r.authenticated for r in ls.service.routes):
                     from meshrun.auth.guard import BearerGuard
@@ -126,6 +140,8 @@ class Mesh:
             # does: `meshrun up --only users` runs next to `meshrun up --except users`.
             if self.config.admin_port is not None and self.transport.in_process and needed:
                 await self._start_admin()
+            if self.owns_store:
+                self._purging = asyncio.create_task(purge_expired_state(self.store, self.log))
         except BaseException:
             await self.stop()
             raise
@@ -218,6 +234,13 @@ class Mesh:
             self._transport_started = False
             if self.owns_transport:
                 await self.transport.stop()
+        if self._purging is not None:
+            self._purging.cancel()
+            self._purging = None
+        if self._store_open:
+            self._store_open = False
+            if self.owns_store:
+                await self.store.close()
 
     async def run(self, stop: asyncio.Event, ready_timeout: float = 60.0) -> None:
         """Start, report readiness, wait for `stop` (set by a signal), then shut down gracefully."""

@@ -102,7 +102,9 @@ def plan_test_mesh(source: ConfigSource, only: Iterable[str] | None, *, auth: bo
         services[issuer_service] = _with_test_identities(services[issuer_service], identities, scopes,
                                                          audiences or {"meshrun-testing"}, keys_dir)
     admin_port = free_port() if admin else None
-    mesh = replace(config, transport="memory", host=LOOPBACK, admin_port=admin_port, services=services)
+    # State in memory: each test starts from nothing, and nothing is left on disk between tests.
+    mesh = replace(config, transport="memory", host=LOOPBACK, admin_port=admin_port, services=services,
+                   state="memory")
     if issuer_service is not None:
         mesh = replace(mesh, issuer=mesh.service_url(issuer_service))
     return TestMesh(mesh, names, issuer_service, admin_port)
