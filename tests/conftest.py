@@ -24,6 +24,9 @@ def free_port() -> int:
 
 
 def make_config(data: dict[str, Any], file: str = "test-services.toml") -> MeshConfig:
+    """The config of `data`; its state in memory unless it names one (nothing left in the working directory)."""
+    if "state" not in data.get("mesh", {}):
+        data = {**data, "mesh": {**data.get("mesh", {}), "state": "memory"}}
     return parse_config(data, file)
 
 
@@ -39,11 +42,12 @@ def ports() -> Any:
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-HTTP_SERVICES = ("auth", "orders", "analytics", "notification", "users")
+HTTP_SERVICES = ("auth", "orders", "inventory", "analytics", "notification", "users")
 
 
 def pipeline_data(tmp_path: Any, ports: Any, transport: str = "memory", suffix: str = "") -> dict[str, Any]:
-    """The shipped services.toml with free ports, a temporary keys dir and, optionally, suffixed group names."""
+    """The shipped services.toml with free ports, a temporary keys dir and state file and, optionally, suffixed
+    group names."""
     import tomllib
 
     data = tomllib.loads((ROOT / "services.toml").read_text())
@@ -57,6 +61,7 @@ def pipeline_data(tmp_path: Any, ports: Any, transport: str = "memory", suffix: 
         if suffix and "group" in service:
             service["group"] += suffix
     data["services"]["auth"]["settings"]["keys_dir"] = str(tmp_path / "keys")
+    data["mesh"]["state"] = f"sqlite:///{tmp_path}/state.db"  # the test's own (tmp_path is absolute: sqlite:////)
     return data
 
 

@@ -4,6 +4,7 @@ Nothing here knows the business of a service; guards on routes come from `meshru
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -11,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from meshrun.context import ServiceContext
+from meshrun.errors import StateUnavailable
 from meshrun.service import Route, Service
 
 # The verified token of a guarded request: request[CLAIMS].sub, .scope, .client_id
@@ -49,6 +51,12 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         for name in ("Allow", "WWW-Authenticate", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
+        return response
+    except StateUnavailable as exc:
+        # The database is down or read-only: a request that needs it waits for it, and says when to retry.
+        retry_after = str(max(1, math.ceil(exc.retry_after)))
+        response = json_error(503, "unavailable", f"{exc}; retry in {retry_after}s", retry_after=int(retry_after))
+        response.headers["Retry-After"] = retry_after
         return response
     except Exception:
         ctx = request.app.get(CONTEXT)

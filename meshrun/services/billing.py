@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from meshrun import BatchContext, Service
-from meshrun.service_state import StateKey
 from meshrun.services.events import (
     INVOICE_EVENTS,
     ORDER_EVENTS,
@@ -19,6 +17,7 @@ from meshrun.services.events import (
     OrderPlaced,
 )
 from meshrun.settings import settings_from
+from meshrun.state import Once
 
 # Fixed namespace: the same order id gives the same invoice id in every process, on every redelivery.
 INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")
@@ -27,7 +26,6 @@ INVOICE_NAMESPACE = uuid.UUID("6f1c2a8e-1f0b-4c53-9d8e-3b7a5c2f9e41")
 @dataclass(frozen=True)
 class BillingSettings:
     tax_rate_bp: int = 0  # tax in basis points (2000 = 20 %), rounded half up to the minor unit
-    remember_orders: int = 10_000  # order ids remembered to skip a reposted order within this process
 
     def __post_init__(self) -> None:
         if not 0 <= self.tax_rate_bp <= 10_000:
@@ -60,27 +58,26 @@ def compute_invoice(order: OrderPlaced, tax_rate_bp: int = 0) -> InvoiceIssued:
 
 
 service = Service("billing", settings=settings_from(BillingSettings))
-# Order ids invoiced lately, with the event that placed each: a repost (another event, same order) is skipped.
-INVOICED = StateKey("invoiced", OrderedDict[str, str])
+INVOICED = "invoiced"  # order id -> the event id that placed it: a repost (another event) is not invoiced again
 service.publisher(INVOICE_EVENTS)
 
 
 @service.subscribe(ORDER_EVENTS, event=OrderPlaced, batch=100)
 async def on_orders_placed(orders: list[OrderPlaced], ctx: BatchContext) -> None:
     settings: BillingSettings = ctx.service.settings
-    seen = ctx.service.state.setdefault_with(INVOICED, OrderedDict)
+    ttl = ctx.service.mesh.state_ttl
+    # Recorded before publishing, in one transaction: a crash after it redelivers the same events, which find
+    # their own event id recorded and publish the same invoice again (the User service notifies once per invoice).
+    kept = await ctx.service.store.keep_once(
+        [Once(INVOICED, order.order_id, order.event_id.encode(), ttl=ttl) for order in orders])
     for i, order in enumerate(orders):
         log = ctx.log_for(i)
-        if order.order_id in seen and seen[order.order_id] != order.event_id:
+        first_event = kept[i]
+        if first_event is not None and first_event.decode() != order.event_id:
             # The same order placed twice (a repost that reached us): one invoice per order.
             log.info("invoice_already_issued", order_id=order.order_id, invoice_id=invoice_id_for(order.order_id))
             continue
         invoice = compute_invoice(order, settings.tax_rate_bp)
-        # Published even when this event was seen (a redelivery after a failure): the id is the same, and the
-        # User service's idempotency key makes the notification happen once.
         await ctx.publish(INVOICE_EVENTS, invoice, key=order.order_id)
-        seen[order.order_id] = order.event_id
-        if len(seen) > settings.remember_orders:
-            seen.popitem(last=False)
         log.info("invoice_issued", invoice_id=invoice.invoice_id, order_id=order.order_id, total=invoice.total,
                  currency=invoice.currency)

@@ -1,7 +1,8 @@
 """The Order service: POST /orders/{id} with a user token (scope orders.write) publishes an OrderPlaced.
 
 Validation (`parse_order`) and the idempotency decision are plain functions/objects, free of aiohttp.
-Reposting an order id is answered from memory with the first answer and publishes nothing.
+Reposting an order id is answered with the first answer and publishes nothing, after a restart too: accepted
+orders are kept in the state store before the 202.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from meshrun import Service, ServiceContext
-from meshrun.errors import TransportUnavailable
+from meshrun.errors import StateUnavailable, TransportUnavailable
 from meshrun.http.server import CLAIMS, json_error, json_response
 from meshrun.service_state import StateKey
 from meshrun.services.events import ORDER_EVENTS, LineItem, OrderPlaced
@@ -102,12 +103,22 @@ class Accepted:
     event_id: str
     fingerprint: bytes
 
+    def encode(self) -> bytes:
+        """How the state store keeps it (under the order id)."""
+        return f"{self.event_id}:{self.fingerprint.hex()}".encode()
+
+    @classmethod
+    def decode(cls, order_id: str, kept: bytes) -> "Accepted":
+        event_id, fingerprint = kept.decode().split(":")
+        return cls(order_id, event_id, bytes.fromhex(fingerprint))
+
 
 class OrderLedger:
-    """Which order ids were accepted (bounded, oldest forgotten first): decides what a repost gets.
+    """This process's orders being placed, and the latest accepted (bounded, oldest forgotten first): a concurrent
+    repost waits for the first request's outcome, a recent repost is answered without asking the state store.
 
-    An order being published is a Future (a concurrent repost waits for its outcome); once accepted only the
-    small Accepted record is kept.
+    An order being published is a Future; once accepted only the small Accepted record is kept. The state store
+    keeps every accepted order (for `state_ttl`): what a repost after a restart, or to another process, finds.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -140,8 +151,8 @@ class OrderLedger:
 
 @dataclass(frozen=True)
 class OrderSettings:
-    # Order ids remembered to answer a repost with the first answer (about 300 bytes each). Beyond the window a
-    # repost is placed again; its invoice id is the same and the User service notifies once per invoice.
+    # Accepted orders also kept in memory (about 300 bytes each), to answer a recent repost without a store read.
+    # Every accepted order is in the state store for `state_ttl` whatever this is.
     remember_orders: int = 20_000
 
 
@@ -169,6 +180,17 @@ def _unavailable(message: str, retry_after: int) -> web.Response:
     return response
 
 
+ACCEPTED = "accepted"  # order id -> Accepted.encode(): the first answer, across restarts and processes
+
+
+def _answer_repost(order_id: str, accepted: Accepted, fingerprint: bytes) -> web.Response:
+    if accepted.fingerprint != fingerprint:
+        return json_error(409, "order_conflict",
+                          f"order {order_id} was already placed with a different body or customer", field="order_id")
+    return json_response({"order_id": accepted.order_id, "event_id": accepted.event_id,
+                          "status": "already_accepted"}, status=200)
+
+
 @service.route("POST", "/orders/{order_id}", scope="orders.write")
 async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response:
     customer = request[CLAIMS].sub
@@ -187,12 +209,16 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
             accepted = first if isinstance(first, Accepted) else await asyncio.shield(first)
         except Exception:
             return _unavailable("the first request for this order failed; retry", 1)
-        if accepted.fingerprint != fingerprint:
-            return json_error(409, "order_conflict",
-                              f"order {order.order_id} was already placed with a different body or customer",
-                              field="order_id")
-        return json_response({"order_id": accepted.order_id, "event_id": accepted.event_id,
-                              "status": "already_accepted"}, status=200)
+        return _answer_repost(order.order_id, accepted, fingerprint)
+    try:
+        kept = await ctx.store.get(ACCEPTED, order.order_id)
+    except StateUnavailable as exc:
+        ledger.settle(order.order_id, None, exc)
+        return _unavailable(f"the order was not accepted: {exc}", max(1, math.ceil(exc.retry_after)))
+    if kept is not None:  # accepted before a restart, or by another process
+        accepted = Accepted.decode(order.order_id, kept)
+        ledger.settle(order.order_id, accepted)
+        return _answer_repost(order.order_id, accepted, fingerprint)
     try:
         where = await ctx.publish(ORDER_EVENTS, order, key=order.order_id)
     except TransportUnavailable as exc:
@@ -207,8 +233,20 @@ async def place_order(request: web.Request, ctx: ServiceContext) -> web.Response
         ledger.settle(order.order_id, None, exc)
         ctx.log.warning("order_publish_failed", order_id=order.order_id, error=repr(exc), trace_id=order.trace_id)
         return _unavailable("the order could not be published; nothing was accepted, retry", 1)
-    ledger.settle(order.order_id, Accepted(order.order_id, order.event_id, fingerprint))
+    accepted = Accepted(order.order_id, order.event_id, fingerprint)
+    try:
+        # Kept before the 202: a repost after a crash finds it. A crash between the publish and this line leaves
+        # an order published but not kept; its repost is published again, and every consumer acts once per order.
+        earlier = await ctx.store.keep(ACCEPTED, order.order_id, accepted.encode(), ttl=ctx.mesh.state_ttl)
+    except StateUnavailable as exc:
+        ledger.settle(order.order_id, None, exc)
+        ctx.log.warning("order_not_recorded", order_id=order.order_id, event_id=order.event_id, error=str(exc))
+        return _unavailable(f"the order was published but could not be recorded ({exc}); retrying the same order "
+                            "id is safe: it is acted on once", max(1, math.ceil(exc.retry_after)))
+    if earlier is not None:  # another process accepted the same order id meanwhile: its answer is the answer
+        accepted = Accepted.decode(order.order_id, earlier)
+    ledger.settle(order.order_id, accepted)
     ctx.log.info("order_accepted", order_id=order.order_id, event_id=order.event_id, trace_id=order.trace_id,
                  customer=customer, partition=where.partition, offset=where.offset)
-    return json_response({"order_id": order.order_id, "event_id": order.event_id, "trace_id": order.trace_id,
+    return json_response({"order_id": order.order_id, "event_id": accepted.event_id, "trace_id": order.trace_id,
                           "status": "accepted"}, status=202)

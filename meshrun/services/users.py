@@ -2,26 +2,23 @@
 POST /notify-users records a list of them in one request (what Notification sends when invoices queue up).
 
 The Idempotency-Key header (the invoice id; in a list, each notification's invoice id) makes a retried call a
-no-op. Notifications are kept in memory, bounded: the last `keep_notifications` in full (GET /notifications lists
-them; an operator endpoint on the mesh host), and the idempotency keys and order ids of the last
-`remember_notifications`.
+no-op, across restarts: notifications and their keys are kept in the state store (`[mesh] state`) for `state_ttl`,
+written before the answer. GET /notifications lists them (an operator endpoint on the mesh host).
 """
 from __future__ import annotations
 
 import re
 import sys
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
-from itertools import islice
 
 import orjson
 from aiohttp import web
 
 from meshrun import Service, ServiceContext
 from meshrun.http.server import CLAIMS, json_error, json_response
-from meshrun.service_state import StateKey
 from meshrun.settings import settings_from
+from meshrun.state import Kept, Once
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")  # \Z, not $: $ also matches before a final newline
 FIELDS = {"invoice_id": str, "order_id": str, "user": str, "total": int, "currency": str, "trace_id": str}
@@ -98,101 +95,70 @@ def parse_notifications(body: bytes) -> list[dict[str, object]]:
 
 @dataclass(frozen=True)
 class UsersSettings:
-    keep_notifications: int = 10_000  # listed in full by GET /notifications
-    remember_notifications: int = 20_000  # idempotency keys and order ids kept to recognise a repeat
+    max_listed: int = 10_000  # notifications GET /notifications returns at most per call (`limit` lowers it)
 
     def __post_init__(self) -> None:
-        if self.keep_notifications < 1 or self.remember_notifications < self.keep_notifications:
-            raise ValueError("keep_notifications must be at least 1, and remember_notifications at least "
-                             f"keep_notifications (got {self.keep_notifications} and {self.remember_notifications})")
-
-
-class NotificationBook:
-    """The service's records, free of I/O and bounded: memory follows the settings, not the notifications count.
-
-    A repeat (the same idempotency key) is recognised, and an order notified under a second key is counted, within
-    the last `remember` notifications; redeliveries arrive long before that window passes.
-    """
-
-    def __init__(self, keep: int, remember: int) -> None:
-        self.recent: deque[Notification] = deque(maxlen=keep)
-        self.remember = remember
-        self._keys: OrderedDict[str, str] = OrderedDict()  # idempotency key -> invoice id
-        self._orders: OrderedDict[str, None] = OrderedDict()
-        self.count = 0
-        self.orders_notified = 0
-        self.orders_doubled = 0  # orders notified a second time under another key: what must never happen
-        self.duplicates_absorbed = 0
-
-    def duplicate_of(self, key: str) -> str | None:
-        """The invoice id already recorded under this idempotency key, if any."""
-        invoice_id = self._keys.get(key)
-        if invoice_id is not None:
-            self.duplicates_absorbed += 1
-        return invoice_id
-
-    def record(self, key: str, note: Notification) -> bool:
-        """Keep a new notification; True if its order had already been notified (under another key)."""
-        self.count += 1
-        self.recent.append(note)
-        self._keys[note.invoice_id if key == note.invoice_id else key] = note.invoice_id
-        if len(self._keys) > self.remember:
-            self._keys.popitem(last=False)
-        doubled = note.order_id in self._orders
-        if doubled:
-            self.orders_doubled += 1
-        else:
-            self.orders_notified += 1
-            self._orders[note.order_id] = None
-            if len(self._orders) > self.remember:
-                self._orders.popitem(last=False)
-        return doubled
-
-    def after(self, seq: int) -> tuple[list[Notification], int]:
-        """Notifications with a sequence number above `seq`, and how many of those are no longer kept."""
-        first = self.count - len(self.recent) + 1  # sequence number of the oldest kept
-        start = max(seq + 1, first)
-        missed = max(0, first - (seq + 1))
-        return list(islice(self.recent, start - first, None)), missed
-
-    def of_order(self, order_id: str) -> list[Notification]:
-        return [n for n in self.recent if n.order_id == order_id]
+        if self.max_listed < 1:
+            raise ValueError(f"max_listed must be at least 1, got {self.max_listed}")
 
 
 # Room for a full list of notifications (about 200 bytes each) on POST /notify-users.
 service = Service("users", settings=settings_from(UsersSettings), max_body_bytes=256 * 1024)
 
-
-BOOK = StateKey("book", NotificationBook)
-
-
-@service.startup
-async def create_store(ctx: ServiceContext) -> None:
-    settings: UsersSettings = ctx.settings
-    ctx.state[BOOK] = NotificationBook(settings.keep_notifications, settings.remember_notifications)
+NOTIFICATIONS = "notifications"  # by idempotency key: the notification, as JSON
+ORDERS = "orders"  # by order id: the invoice id it was first notified with
 
 
-def _notify(ctx: ServiceContext, data: dict[str, object], key: str, client_id: str,
-            trace_id: str | None) -> dict[str, str]:
-    """Record one checked notification unless its idempotency key was seen; what the caller is told about it."""
-    book = ctx.state[BOOK]
-    recorded = book.duplicate_of(key)
-    if recorded is not None:
-        return {"status": "duplicate", "invoice_id": recorded}
+def notification_of(data: dict[str, object], client_id: str, trace_id: str | None, now: float) -> Notification:
+    """The notification a checked request asks for (its seq is set once the store kept it)."""
     currency = data.get("currency")
-    note = Notification(
-        # Few distinct users, currencies and clients: interned, so the kept notifications hold one copy of each.
+    return Notification(
+        # Few distinct users, currencies and clients: interned, so listed notifications hold one copy of each.
         invoice_id=str(data["invoice_id"]), order_id=str(data["order_id"]), user=sys.intern(str(data["user"])),
         total=data.get("total"), currency=sys.intern(currency) if isinstance(currency, str) else None,  # type: ignore[arg-type]
         trace_id=data.get("trace_id") or trace_id,  # type: ignore[arg-type]
-        notified_by=sys.intern(client_id), received_at=time.time(), seq=book.count + 1,
+        notified_by=sys.intern(client_id), received_at=now, seq=0,
     )
-    if book.record(key, note):
-        ctx.log.error("order_notified_twice", order_id=note.order_id, invoice_id=note.invoice_id)
-    ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
-                 f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
-                 trace_id=note.trace_id)
-    return {"status": "notified", "invoice_id": note.invoice_id}
+
+
+def records_of(key: str, note: Notification, ttl: float) -> list[Once]:
+    """What the store keeps for a new notification, in one transaction: the notification under its idempotency
+    key (a repeat of the key finds it), and its order (a second key for the same order is an order notified twice).
+    """
+    kept = orjson.dumps(note)
+    return [Once(NOTIFICATIONS, key, kept, counts={"notifications": 1}, ttl=ttl),
+            Once(ORDERS, note.order_id, note.invoice_id.encode(), counts={"orders": 1}, ttl=ttl)]
+
+
+async def _notify(ctx: ServiceContext, requests: list[tuple[dict[str, object], str]], client_id: str,
+                  trace_id: str | None) -> list[dict[str, str]]:
+    """Record checked notifications (each with its idempotency key) unless their key was seen: one store
+    transaction for all; what the caller is told about each. Durable before the answer, so a retry after a crash
+    is a duplicate."""
+    now = time.time()
+    notes = [notification_of(data, client_id, trace_id, now) for data, _ in requests]
+    ttl = ctx.mesh.state_ttl
+    items = [once for (_, key), note in zip(requests, notes) for once in records_of(key, note, ttl)]
+    kept = await ctx.store.keep_once(items)
+    results: list[dict[str, str]] = []
+    doubled = duplicates = 0
+    for i, note in enumerate(notes):
+        before, order_before = kept[2 * i], kept[2 * i + 1]
+        if before is not None:
+            duplicates += 1
+            results.append({"status": "duplicate", "invoice_id": orjson.loads(before)["invoice_id"]})
+            continue
+        if order_before is not None and order_before.decode() != note.invoice_id:
+            doubled += 1
+            ctx.log.error("order_notified_twice", order_id=note.order_id, invoice_id=note.invoice_id,
+                          first_invoice_id=order_before.decode())
+        ctx.log.info("user_notified", message=f"📩 User notified with invoice {note.invoice_id} for order "
+                     f"{note.order_id}", invoice_id=note.invoice_id, order_id=note.order_id, user=note.user,
+                     trace_id=note.trace_id)
+        results.append({"status": "notified", "invoice_id": note.invoice_id})
+    if doubled or duplicates:
+        await ctx.store.add({"orders_doubled": doubled, "duplicates_absorbed": duplicates})
+    return results
 
 
 @service.route("POST", "/notify-user", scope="users.notify")
@@ -202,7 +168,8 @@ async def notify_user(request: web.Request, ctx: ServiceContext) -> web.Response
     except NotificationRejected as exc:
         return json_error(400, "invalid_notification", str(exc), field=exc.field)
     key = request.headers.get("Idempotency-Key") or str(data["invoice_id"])
-    result = _notify(ctx, data, key, request[CLAIMS].client_id, request.headers.get("X-Trace-Id"))
+    # A StateUnavailable leaves as 503 with Retry-After (meshrun.http.server): one transaction, nothing recorded.
+    [result] = await _notify(ctx, [(data, key)], request[CLAIMS].client_id, request.headers.get("X-Trace-Id"))
     return json_response(result, status=201 if result["status"] == "notified" else 200)
 
 
@@ -215,38 +182,60 @@ async def notify_users(request: web.Request, ctx: ServiceContext) -> web.Respons
         items = parse_notifications(await request.read())
     except NotificationRejected as exc:
         return json_error(400, "invalid_notification", str(exc), field=exc.field)
-    client_id = request[CLAIMS].client_id
-    results = [_notify(ctx, data, str(data["invoice_id"]), client_id, None) for data in items]
+    results = await _notify(ctx, [(data, str(data["invoice_id"])) for data in items], request[CLAIMS].client_id, None)
     notified = sum(1 for r in results if r["status"] == "notified")
     return json_response({"notified": notified, "duplicates": len(results) - notified, "results": results})
 
 
+def _listed(kept: Kept) -> Notification:
+    fields = orjson.loads(kept.value)
+    fields["seq"] = kept.seq
+    return Notification(**fields)
+
+
 @service.route("GET", "/notifications")
 async def list_notifications(request: web.Request, ctx: ServiceContext) -> web.Response:
-    """The kept notifications, optionally for one order or after a sequence number (`since`); `missed` counts
-    those after `since` that are no longer kept (a reader that fell more than keep_notifications behind)."""
-    book = ctx.state[BOOK]
+    """Notifications kept (for `state_ttl`), oldest first: all, one order's, or those after a sequence number
+    (`since`, the `seq` of the last one read), at most `limit` (default and most: max_listed). `next` is the
+    `since` that reads on; `missed` is always 0 (kept for readers of the older, bounded book)."""
+    settings: UsersSettings = ctx.settings
     order_id = request.query.get("order_id")
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
         return json_error(400, "invalid_request", "since: must be an integer sequence number", field="since")
+    try:
+        limit = min(int(request.query.get("limit", settings.max_listed)), settings.max_listed)
+    except ValueError:
+        return json_error(400, "invalid_request", "limit: must be an integer", field="limit")
+    if limit < 1:
+        return json_error(400, "invalid_request", "limit: must be at least 1", field="limit")
     if order_id is None:
-        notes, missed = book.after(since)
+        notes = [_listed(k) for k in await ctx.store.scan(NOTIFICATIONS, after=since, limit=limit)]
     else:
-        notes, missed = book.of_order(order_id), 0
+        invoice = await ctx.store.get(ORDERS, order_id)
+        notes = [] if invoice is None else [
+            n for n in map(_listed, await _of_order(ctx, invoice.decode())) if n.order_id == order_id]
     # orjson writes the slotted dataclasses itself: no dict per notification.
-    return json_response({"count": len(notes), "missed": missed, "notifications": notes})
+    return json_response({"count": len(notes), "missed": 0, "next": notes[-1].seq if notes else since,
+                          "notifications": notes})
+
+
+async def _of_order(ctx: ServiceContext, invoice_id: str) -> list[Kept]:
+    """The notifications of an order: kept under its invoice id (the key Notification sends)."""
+    kept = await ctx.store.get(NOTIFICATIONS, invoice_id)
+    return [] if kept is None else [Kept(0, invoice_id, kept)]
 
 
 @service.route("GET", "/notifications/stats")
 async def notification_stats(request: web.Request, ctx: ServiceContext) -> web.Response:
     """Counts from the service's own records: what a benchmark or a test reads to find lost or doubled work."""
-    book = ctx.state[BOOK]
+    counts = await ctx.store.counters()
+    kept = await ctx.store.count(NOTIFICATIONS)
     return json_response({
-        "notifications": book.count,
-        "orders": book.orders_notified,
-        "orders_notified_more_than_once": book.orders_doubled,
-        "duplicates_absorbed": book.duplicates_absorbed,
-        "kept": len(book.recent),
+        "notifications": counts.get("notifications", 0),
+        "orders": counts.get("orders", 0),
+        "orders_notified_more_than_once": counts.get("orders_doubled", 0),
+        "duplicates_absorbed": counts.get("duplicates_absorbed", 0),
+        "kept": kept,
     })

@@ -11,7 +11,7 @@ from typing import Awaitable, Callable, Sequence, cast
 import structlog
 
 from meshrun.config import RetryConfig
-from meshrun.errors import PoisonEvent, PublishRefused, RetryLater, TransportUnavailable
+from meshrun.errors import PoisonEvent, PublishRefused, RetryLater, StateUnavailable, TransportUnavailable
 from meshrun.transport.base import Acks, BatchHandler, Handler, Headers, Record
 
 log = structlog.get_logger("meshrun.delivery")
@@ -36,8 +36,8 @@ def first_error(acks: Acks) -> BaseException | None:
 def waits_without_limit(error: BaseException) -> bool:
     """A failure that makes a record wait rather than count an attempt: the handler said a dependency is down
     (RetryLater), or a publish could not be made durable because the transport is away or backed up (an outage
-    must make work wait, never dead-letter it)."""
-    return isinstance(error, (RetryLater, TransportUnavailable))
+    must make work wait, never dead-letter it), or the state store cannot be written now."""
+    return isinstance(error, (RetryLater, TransportUnavailable, StateUnavailable))
 
 
 def transient_error(error: BaseException) -> bool:
@@ -220,7 +220,7 @@ async def deliver_batch(
             return acks
         except asyncio.CancelledError:
             raise
-        except (RetryLater, TransportUnavailable) as exc:
+        except (RetryLater, TransportUnavailable, StateUnavailable) as exc:
             waits += 1
             if waits == 1 or waits % 20 == 0:
                 log.warning("handler_waiting_for_dependency", error=str(exc), retries=waits,

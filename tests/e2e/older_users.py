@@ -13,7 +13,6 @@ from meshrun import Service, ServiceContext
 from meshrun.services import users
 
 service = Service("users", settings=users.service.settings)
-service.startup(users.create_store)
 
 
 @service.startup

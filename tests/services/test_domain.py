@@ -8,7 +8,7 @@ from meshrun.events import EventDecodeError, decode, encode
 from meshrun.services.billing import compute_invoice, invoice_id_for
 from meshrun.services.events import InvoiceIssued, LineItem, OrderPlaced
 from meshrun.services.orders import DEFAULT_ITEM, OrderRejected, parse_order
-from meshrun.services.users import Notification, NotificationBook, NotificationRejected, parse_notification
+from meshrun.services.users import NotificationRejected, parse_notification
 
 
 def order(**kw) -> OrderPlaced:
@@ -116,36 +116,6 @@ def test_notification_body_is_validated():
 
 def test_invoice_event_type_is_registered():
     assert InvoiceIssued.TYPE == "invoice.issued"
-
-
-def _note(seq: int, order_id: str, invoice_id: str | None = None) -> Notification:
-    return Notification(invoice_id=invoice_id or f"INV-{order_id}", order_id=order_id, user="alice", total=100,
-                        currency="EUR", trace_id=None, notified_by="notification-service", received_at=0.0, seq=seq)
-
-
-def test_the_notification_book_is_bounded_and_says_what_a_late_reader_missed() -> None:
-    book = NotificationBook(keep=3, remember=5)
-    for i in range(1, 8):
-        assert book.record(f"INV-o{i}", _note(i, f"o{i}")) is False
-    assert book.count == 7 and len(book.recent) == 3
-    notes, missed = book.after(2)  # 3..7 are after it; 5, 6, 7 are kept
-    assert [n.seq for n in notes] == [5, 6, 7] and missed == 2
-    notes, missed = book.after(6)
-    assert [n.seq for n in notes] == [7] and missed == 0
-    assert book.after(7) == ([], 0)
-    assert [n.seq for n in book.of_order("o6")] == [6] and book.of_order("o1") == []
-
-
-def test_the_notification_book_recognises_repeats_and_orders_notified_twice_within_its_window() -> None:
-    book = NotificationBook(keep=2, remember=3)
-    book.record("INV-o1", _note(1, "o1"))
-    assert book.duplicate_of("INV-o1") == "INV-o1" and book.duplicates_absorbed == 1
-    assert book.record("other-key", _note(2, "o1", "INV-x")) is True  # the same order under another key
-    assert book.orders_doubled == 1 and book.orders_notified == 1
-    for i in range(2, 6):
-        book.record(f"INV-o{i}", _note(i + 1, f"o{i}"))
-    assert book.duplicate_of("INV-o1") is None  # beyond `remember`: forgotten, memory stays bounded
-    assert book.duplicate_of("INV-o5") == "INV-o5"
 
 
 def test_invoice_ids_stay_those_of_uuid5_so_upgrades_keep_deduplicating() -> None:
