@@ -78,6 +78,9 @@ def _check_rounds(rounds: int, attach: bool, accept_only: bool) -> None:
 @click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Repeat the whole measurement (start, measure, stop the mesh, then the floor) N times and report "
                    "the median round by end-to-end meshrun/raw ratio (or meshrun's rate), with every round listed.")
+@click.option("--state", default=None, metavar="URL",
+              help="[mesh] state of the measured mesh (memory, sqlite:///..., postgresql://...); default: a new "
+                   "SQLite file per run, the default kind.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the figures to this file as JSON.")
 @click.option("--user", default="alice", show_default=True, help="User whose token places the orders.")
@@ -97,7 +100,8 @@ def _check_rounds(rounds: int, attach: bool, accept_only: bool) -> None:
               help="Progress line while it runs (default: when stdout is a terminal).")
 def bench(config_path: str, transport: str | None, orders: int | None, concurrency: int, rate: float | None,
           duration: float | None, warmup: int, attach: bool, pids: str | None, split: str | None,
-          compare_raw: bool, accept_only: bool, orders_workers: int, rounds: int, json_path: str | None, user: str,
+          compare_raw: bool, accept_only: bool, orders_workers: int, rounds: int, state: str | None,
+          json_path: str | None, user: str,
           password_stdin: bool, drain_timeout: float, ready_timeout: float, mesh_log_level: str, keep_logs: bool,
           token_seconds: float, progress: bool | None) -> None:
     """Start the mesh, drive orders through the Order service, wait for every User notification, report.
@@ -138,7 +142,7 @@ def bench(config_path: str, transport: str | None, orders: int | None, concurren
         split=_split(split), compare_raw=compare_raw, user=user, password=password,
         drain_timeout=drain_timeout, ready_timeout=ready_timeout, log_level=mesh_log_level, keep_logs=keep_logs,
         token_seconds=token_seconds, progress=progress, command=" ".join(["meshrun", *sys.argv[1:]]),
-        accept_only=accept_only, orders_workers=orders_workers, rounds=rounds,
+        accept_only=accept_only, orders_workers=orders_workers, rounds=rounds, state=state,
     )
     try:
         report = run_bench(options)

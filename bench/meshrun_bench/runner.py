@@ -70,6 +70,7 @@ class BenchOptions:
     accept_only: bool = False       # measure the Order service alone: answers only, nothing downstream runs
     orders_workers: int = 1         # accept-only: `meshrun up --only orders --workers N`
     rounds: int = 1                 # whole measurements (mesh, then floor) repeated; the report is the median one
+    state: str | None = None        # the mesh's [mesh] state; None: a new SQLite file per run (the default kind)
 
     @property
     def count(self) -> int:
@@ -341,6 +342,7 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
     target = load.Target(urls["orders"], urls.get("users", ""))  # accept-only: no User service to follow
     launched: list[Launched] = []
     ready_seconds = None
+    state_file: Path | None = None
     try:
         if config.transport == "kafka" and not options.attach:
             first = config.kafka.bootstrap_servers.split(",")[0]
@@ -364,10 +366,12 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
                          for pid, p in sorted(owners.items())]
         else:
             launched = mesh_processes(config, options, workdir)
-            say(f"starting the mesh ({config.transport}, {len(launched)} process(es)), logs in {workdir}")
+            state_url, state_file = state_of_run(options, workdir)
+            say(f"starting the mesh ({config.transport}, {len(launched)} process(es), state {state_url}), logs in "
+                f"{workdir}")
             started = time.perf_counter()
             for proc in launched:
-                proc.start(env=credentials.demo_secret_environment(config))
+                proc.start(env={**credentials.demo_secret_environment(config), "MESHRUN_STATE": state_url})
             ready_seconds = round(await wait_ready(launched, list(urls.values()), started, options.ready_timeout), 3)
             say(f"mesh ready in {ready_seconds:.3f} s")
             processes = launched_processes(launched)
@@ -402,12 +406,23 @@ async def bench_mesh(config: MeshConfig, options: BenchOptions, workdir: Path, r
             code = proc.stop()
             if code not in (0, None):
                 say(f"warning: {proc.label} exited with status {code} (log {proc.log})")
+    if state_file is not None and state_file.exists():
+        size = sum(f.stat().st_size for f in state_file.parent.glob(state_file.name + "*"))
+        say(f"state file: {size / 1e6:.1f} MB (with its WAL) after this run")
     report.mesh_log = {"format": "json", "level": options.log_level if launched else "as started",
                        "bytes": sum(p.log.stat().st_size for p in launched if p.log.exists()),
                        "files": [str(p.log) for p in launched] if options.keep_logs else []}
     if launched and ready_seconds is not None:
         report.mesh_log["mesh_ready_reported_seconds"] = [p.reported_ready for p in launched]
     return report
+
+
+def state_of_run(options: BenchOptions, workdir: Path) -> tuple[str, Path | None]:
+    """The state URL the measured mesh gets, and its file when it is a SQLite file of this run."""
+    if options.state:
+        return options.state, None
+    path = workdir / f"state-{uuid.uuid4().hex[:8]}.db"  # each round starts from an empty store
+    return f"sqlite:///{path.resolve()}", path
 
 
 async def bench_raw(config: MeshConfig, options: BenchOptions, workdir: Path, progress: Progress) -> PipelineFigures:

@@ -1,7 +1,7 @@
 """The embedded Store (`state = "sqlite:///.meshrun/state.db"`, the default): one SQLite file in WAL mode.
 
-One writer thread owns the connection and commits whatever the loop queued meanwhile in one transaction (group
-commit), so a hundred handlers waiting on the store cost one commit. Not for several machines: use PostgreSQL.
+What the loop's coroutines ask for within one turn is committed together (group commit), so a hundred handlers
+waiting on the store cost one commit. Not for several machines: use PostgreSQL.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from meshrun.errors import StateError, StateUnavailable
 from meshrun.state.base import SCHEMA_VERSION, Clock, Kept, Once, Store, check_collection
 
 Job = Callable[[sqlite3.Connection, float], Any]
-MAX_JOBS_PER_COMMIT = 500
+CHECKPOINT_EVERY = 1.0  # seconds between the thread's checkpoints of the WAL, when the loop wrote meanwhile
 SYNCHRONOUS = ("normal", "full")
 
 
@@ -35,9 +35,13 @@ class SQLiteStore(Store):
         self.url = url or f"sqlite:///{path}"
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._pending: list[tuple[Job, asyncio.Future[Any]]] = []  # queued during this turn of the loop
+        self._loop_conn: sqlite3.Connection | None = None
+        self._thread_conn: sqlite3.Connection | None = None
+        self._waiting: queue.SimpleQueue[list[tuple[Job, asyncio.Future[Any]]] | None] = queue.SimpleQueue()
+        self._with_thread = 0  # batches handed to the thread and not settled yet: later ones queue behind them
+        self._wrote = False  # the loop's connection wrote since the thread's last checkpoint
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spaces: set[str] = set()
 
@@ -64,14 +68,19 @@ class SQLiteStore(Store):
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._jobs.put(None)
+        if self._pending:
+            self._hand_over()
+        self._waiting.put(None)
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
     async def check(self) -> None:
         await self._call(lambda conn, now: conn.execute("SELECT version FROM meshrun_schema").fetchone())
 
     def _open_db(self, conn: sqlite3.Connection, now: float) -> None:
-        """Runs as the first job: the thread has connected; create or check the schema."""
+        """Runs as the first job: create or check the schema."""
         version = conn.execute("SELECT version FROM meshrun_schema").fetchone()
         if version is None:
             conn.execute("INSERT INTO meshrun_schema(version) VALUES (?)", (SCHEMA_VERSION,))
@@ -88,16 +97,21 @@ class SQLiteStore(Store):
         await self._call(lambda conn, now: _create_space(conn, space))
         self._spaces.add(space)
 
-    # -- the writer thread -----------------------------------------------------------------------------------------
+    # -- where jobs run ----------------------------------------------------------------------------------------------
+    # The jobs queued during one turn of the loop run together, in one transaction, on the loop itself: a write to
+    # the WAL without fsync takes microseconds, far less than handing work to a thread and back. Only when another
+    # process holds the write lock (a shared file) do they go to the thread, which waits for the lock without
+    # stopping the loop, and which also checkpoints the WAL into the database (the fsyncs happen there).
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=False)
+    def _connect(self, busy_timeout: float, checkpoints: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a commit survives a killed process (the WAL is written before COMMIT returns); FULL also
             # survives a power cut, at an fsync per commit.
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            if not checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("CREATE TABLE IF NOT EXISTS meshrun_schema (version INTEGER NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS meshrun_spaces (name TEXT PRIMARY KEY)")
         except BaseException:
@@ -105,61 +119,106 @@ class SQLiteStore(Store):
             raise
         return conn
 
-    def _run(self) -> None:
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                break
-            jobs = [first]
-            while len(jobs) < MAX_JOBS_PER_COMMIT:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._jobs.put(None)  # stop after this batch
-                    break
-                jobs.append(more)
-            self._commit(jobs)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    async def _call(self, job: Job) -> Any:
+        if self._thread is None or self._loop is None:
+            raise StateError(f"state {self.url} is not open: the runtime opens it before the services start")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not self._pending:
+            self._loop.call_soon(self._hand_over)
+        self._pending.append((job, future))
+        return await future
 
-    def _commit(self, jobs: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+    def _hand_over(self) -> None:
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        if self._with_thread == 0:
+            try:
+                if self._loop_conn is None:
+                    self._loop_conn = self._connect(0.0, checkpoints=False)
+                _settle(self._execute(self._loop_conn, jobs))
+                self._wrote = True
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    self._loop_conn = _dropped(self._loop_conn)
+                    _settle([(future, None, self._error_of(exc)) for _, future in jobs])
+                    return
+                # Another process writes: the thread waits for it.
+            except sqlite3.Error as exc:
+                self._loop_conn = _dropped(self._loop_conn)
+                _settle([(future, None, self._error_of(exc)) for _, future in jobs])
+                return
+        self._with_thread += 1
+        self._waiting.put(jobs)
+
+    def _execute(self, conn: sqlite3.Connection, jobs: list[tuple[Job, asyncio.Future[Any]]]
+                 ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Run the jobs in one transaction; raises sqlite3.Error (rolled back) if the database itself failed."""
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            if self._conn is None:
-                self._conn = self._connect()
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             now = self.clock()
             for job, future in jobs:
-                conn.execute("SAVEPOINT job")
+                # A job raises only before it writes (its arguments are checked first), so its error is its
+                # caller's alone and needs no savepoint; an error of the database itself ends the transaction.
                 try:
                     outcomes.append((future, job(conn, now), None))
-                    conn.execute("RELEASE job")
-                except (sqlite3.OperationalError, sqlite3.DatabaseError):
-                    raise  # the database itself failed: the whole transaction goes
-                except BaseException as exc:  # noqa: BLE001 - one job's error is its caller's, not the batch's
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one job's error is its caller's, not the batch's
                     outcomes.append((future, None, exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._conn is not None:
-                try:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._conn.close()
-                    self._conn = None  # reconnect with the next batch
-            error = self._error_of(exc)
-            outcomes = [(future, None, error) for _, future in jobs]
-        assert self._loop is not None
+        except BaseException:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return outcomes
+
+    def _run(self) -> None:
+        """The thread: batches the loop could not write (the lock was taken), and checkpoints when idle."""
+        while True:
+            try:
+                jobs = self._waiting.get(timeout=CHECKPOINT_EVERY)
+            except queue.Empty:
+                self._checkpoint()
+                continue
+            if jobs is None:
+                break
+            try:
+                if self._thread_conn is None:
+                    self._thread_conn = self._connect(self.busy_timeout, checkpoints=True)
+                outcomes = self._execute(self._thread_conn, jobs)
+            except sqlite3.Error as exc:
+                self._thread_conn = _dropped(self._thread_conn)
+                error = self._error_of(exc)
+                outcomes = [(future, None, error) for _, future in jobs]
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._settle_from_thread, outcomes)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+        self._checkpoint()
+        self._thread_conn = _dropped(self._thread_conn)
+
+    def _settle_from_thread(self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        self._with_thread -= 1
+        _settle(outcomes)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database without blocking writers, so the WAL stays small."""
+        if not self._wrote:
+            return
+        self._wrote = False
         try:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits any more
+            if self._thread_conn is None:
+                self._thread_conn = self._connect(self.busy_timeout, checkpoints=True)
+            self._thread_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            self._thread_conn = _dropped(self._thread_conn)  # the next write reports what is wrong
 
     def _error_of(self, exc: sqlite3.Error) -> StateError:
         text = str(exc)
@@ -172,13 +231,6 @@ class SQLiteStore(Store):
             return StateUnavailable(self.url, detail)
         return StateError(f"state {self.url} is not a usable SQLite database ({text}): move the file away to start "
                           "with empty state, or restore it from a backup")
-
-    async def _call(self, job: Job) -> Any:
-        if self._thread is None or self._loop is None:
-            raise StateError(f"state {self.url} is not open: the runtime opens it before the services start")
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((job, future))
-        return await future
 
     # -- operations ------------------------------------------------------------------------------------------------
 
@@ -324,6 +376,20 @@ def _add(conn: sqlite3.Connection, space: str, counts: Mapping[str, int]) -> Non
     if counts:
         conn.executemany(f'INSERT INTO "{space}_counters"(name, value) VALUES (?, ?) '
                          "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counts.items())
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _dropped(conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    """Close a connection after an error (the next batch reconnects); None, to assign."""
+    if conn is not None:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+    return None
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
