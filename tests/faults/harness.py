@@ -173,13 +173,16 @@ def mesh_data(workdir: Path, ports: Ports, transport: str, suffix: str, bootstra
 @asynccontextmanager
 async def running_mesh(workdir: Path, *, transport: str, split: Sequence[str] = WHOLE, bootstrap: str | None = None,
                        replication: int = 1, kafka_options: dict[str, Any] | None = None,
-                       from_log_end: bool = False) -> AsyncIterator[Mesh]:
+                       from_log_end: bool = False, state: str | None = None) -> AsyncIterator[Mesh]:
     """Start `meshrun up --only <part> --log-format json` per part of `split` and wait until each is ready; stop them
     all (SIGTERM, then SIGKILL) on the way out. `from_log_end` starts this mesh's new groups at the end of the
-    pipeline's topics (a shared broker: earlier runs' orders are not this run's business)."""
+    pipeline's topics (a shared broker: earlier runs' orders are not this run's business). The state store is a
+    SQLite file of the workdir unless `state` names another."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports, suffix = Ports(), "-" + uuid.uuid4().hex[:8]
     data = mesh_data(workdir, ports, transport, suffix, bootstrap, replication, kafka_options)
+    if state is not None:
+        data["mesh"]["state"] = state
     config = write_toml(workdir / "services.toml", data)
     extra = ("--transport", transport)
     processes = {only: MeshProcess(config, only, workdir, extra=extra) for only in split}
